@@ -1,0 +1,1 @@
+"""Where cities come from: synthetic and OpenStreetMap generators, and the bulk writer."""

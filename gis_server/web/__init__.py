@@ -1,0 +1,19 @@
+"""Thin Flask views: parse the request, call ``gis_server.core``, shape the response."""
+from __future__ import annotations
+
+import json
+
+from flask import Flask, Response
+
+
+def geojson(obj: dict, status: int = 200) -> Response:
+    """An RFC 7946 response (``application/geo+json``)."""
+    return Response(json.dumps(obj, ensure_ascii=False, separators=(",", ":")), status=status,
+                    mimetype="application/geo+json")
+
+
+def register_blueprints(app: Flask) -> None:
+    from . import buildings, grids, health, locate, maps
+
+    for module in (health, locate, grids, buildings, maps):
+        app.register_blueprint(module.bp)

@@ -1,0 +1,47 @@
+"""The CLI end to end against a real database (DATABASE_URL pointed at a fresh one)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from click.testing import CliRunner
+from helpers import dispose_database, fresh_database
+from sqlalchemy import text
+
+from gis_server.cli import main
+from gis_server.db import engine_for
+
+
+@pytest.fixture
+def empty_db(monkeypatch):
+    name = f"gis_test_cli_{os.getpid()}"
+    url = fresh_database(name)
+    monkeypatch.setenv("DATABASE_URL", url)
+    yield url
+    dispose_database(url, name)
+
+
+def test_load_synthetic_then_refuse_then_replace(empty_db):
+    runner = CliRunner()
+    first = runner.invoke(main, ["load", "synthetic", "--size", "small", "--seed", "3"])
+    assert first.exit_code == 0, first.output
+    assert "loaded" in first.output
+    with engine_for(empty_db).connect() as conn:
+        buildings = conn.execute(text("SELECT count(*) FROM buildings")).scalar_one()
+        unassigned = conn.execute(text(
+            "SELECT count(*) FROM buildings WHERE grid_id IS NULL")).scalar_one()
+    assert buildings > 0 and unassigned == 0
+    again = runner.invoke(main, ["load", "synthetic", "--size", "small"])
+    assert again.exit_code != 0 and "--replace" in again.output
+    replaced = runner.invoke(main, ["load", "synthetic", "--size", "small", "--seed", "4",
+                                    "--replace"])
+    assert replaced.exit_code == 0, replaced.output
+    with engine_for(empty_db).connect() as conn:
+        assert conn.execute(text("SELECT source FROM city")).scalar_one().endswith("seed=4")
+
+
+def test_db_url_and_migrate(empty_db):
+    runner = CliRunner()
+    assert runner.invoke(main, ["db", "url"]).output.strip() == empty_db
+    result = runner.invoke(main, ["db", "migrate"])
+    assert result.exit_code == 0 and "newest revision" in result.output
