@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Application factory (as in Flask's tutorial): config, database, blueprints."""
-    from . import config, db, errors
+    from . import access, config, db, errors
     from .core.locate import GridIndexCache
     from .pgcluster import database_url
     from .web import register_blueprints
@@ -23,6 +23,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.json.sort_keys = False
     db.init_app(app)
     errors.register(app)
+    access.init_app(app)
     app.extensions["grid_index"] = GridIndexCache(ttl=app.config["LOCATE_CACHE_TTL"])
     register_blueprints(app)
     return app

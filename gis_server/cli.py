@@ -3,6 +3,10 @@
     gis-server db start|stop|status|url|migrate
     gis-server load synthetic --size small|demo|large --seed N [--replace]
     gis-server load osm PATH.osm.pbf [--cell-size 200] [--replace]
+    gis-server users create NAME --role ROLE [--scope CODE] [--password]   (prints a token)
+    gis-server users list | tokens create NAME | tokens list | tokens revoke ID
+    gis-server audit tail [-n 20]
+    gis-server docs permissions  # the permission matrix (docs/PERMISSIONS.md)
     gis-server assets            # vendor front-end assets (no CDN at run time)
     gis-server serve             # gunicorn, production mode
     gis-server demo              # everything `make demo` does after installing
@@ -139,6 +143,160 @@ def load_osm(path: str, cell_size: float, county_code: str, seed: int, replace: 
                                     seed=seed), replace)
 
 
+# -- users / tokens / audit ----------------------------------------------------------------
+def _app_config() -> dict:
+    from .config import load as load_config
+    return load_config()
+
+
+def _system_principal():
+    from .core.accounts import Principal
+    return Principal(user_id=None, username=f"cli:{os.environ.get('USER', 'root')}",
+                     role="admin")
+
+
+@main.group()
+def users() -> None:
+    """Accounts (people and app keys) bound to a node of the grid hierarchy."""
+
+
+@users.command("create")
+@click.argument("username")
+@click.option("--role", required=True, type=click.Choice(list(__import__(
+    "gis_server.models", fromlist=["ROLES"]).ROLES)))
+@click.option("--scope", "scope_code", default=None,
+              help="Grid code of the subtree this account may see (omit: whole city).")
+@click.option("--display-name", default=None)
+@click.option("--password", is_flag=True, help="Also set a password (prompted) for the web login.")
+@click.option("--expires-days", type=int, default=None, help="Token lifetime (default: none).")
+def users_create(username, role, scope_code, display_name, password, expires_days) -> None:
+    """Create an account and print its API token (shown once)."""
+    from datetime import timedelta
+
+    from .core import accounts, audit
+    from .db import engine_for
+    from .errors import APIError
+
+    secret = click.prompt("Password", hide_input=True, confirmation_prompt=True) \
+        if password else None
+    try:
+        with engine_for(_url()).begin() as conn:
+            user = accounts.create_user(conn, username, role, scope_code, secret, display_name)
+            token, row = accounts.issue_token(
+                conn, user["id"], _app_config()["TOKEN_PEPPER"],
+                timedelta(days=expires_days) if expires_days else None, label="cli")
+            audit.record(conn, _system_principal(), "create_user", "user", user["id"],
+                         endpoint="cli", detail={"role": role, "scope": scope_code})
+    except APIError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"created {role} {username} (scope {scope_code or 'whole city'})")
+    click.echo(f"token (shown once): {token}")
+
+
+@users.command("list")
+def users_list() -> None:
+    from .core import accounts
+    from .db import engine_for
+    with engine_for(_url()).connect() as conn:
+        for u in accounts.list_users(conn):
+            click.echo(f"{u['id']:>4}  {u['username']:<20} {u['role']:<16} "
+                       f"{u['scope_code'] or 'city':<15} tokens={u['active_tokens']}"
+                       f"{'' if u['is_active'] else '  (disabled)'}")
+
+
+@main.group()
+def tokens() -> None:
+    """API tokens."""
+
+
+@tokens.command("create")
+@click.argument("username")
+@click.option("--expires-days", type=int, default=None)
+@click.option("--label", default="cli")
+def tokens_create(username, expires_days, label) -> None:
+    """Issue another token for USERNAME (shown once)."""
+    from datetime import timedelta
+
+    from sqlalchemy import text as sql
+
+    from .core import accounts, audit
+    from .db import engine_for
+    with engine_for(_url()).begin() as conn:
+        uid = conn.execute(sql("SELECT id FROM users WHERE username = :u"),
+                           {"u": username}).scalar()
+        if uid is None:
+            raise click.ClickException(f"no user {username!r}")
+        token, row = accounts.issue_token(conn, uid, _app_config()["TOKEN_PEPPER"],
+                                          timedelta(days=expires_days) if expires_days else None,
+                                          label=label)
+        audit.record(conn, _system_principal(), "issue_token", "token", row["id"],
+                     endpoint="cli", detail={"user": username})
+    click.echo(f"token {row['id']} for {username} (shown once): {token}")
+
+
+@tokens.command("list")
+@click.option("--user", "username", default=None)
+def tokens_list(username) -> None:
+    from .core import accounts
+    from .db import engine_for
+    with engine_for(_url()).connect() as conn:
+        for t in accounts.list_tokens(conn):
+            if username and t["username"] != username:
+                continue
+            state = "revoked" if t["revoked_at"] else "active"
+            click.echo(f"{t['id']:>4}  {t['username']:<20} {t['prefix']}…  {state:<8} "
+                       f"expires={t['expires_at'] or 'never'} last_used={t['last_used_at']}")
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int)
+def tokens_revoke(token_id) -> None:
+    """Revoke a token by id (see `tokens list`)."""
+    from .core import accounts, audit
+    from .db import engine_for
+    from .errors import APIError
+    try:
+        with engine_for(_url()).begin() as conn:
+            row = accounts.revoke_token(conn, token_id)
+            audit.record(conn, _system_principal(), "revoke_token", "token", token_id,
+                         endpoint="cli")
+    except APIError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"revoked token {row['id']} ({row['prefix']}…)")
+
+
+@main.group()
+def audit() -> None:
+    """The append-only audit log."""
+
+
+@audit.command("tail")
+@click.option("-n", "limit", type=int, default=20, show_default=True)
+@click.option("--user", "username", default=None)
+@click.option("--action", default=None)
+def audit_tail(limit, username, action) -> None:
+    from .core import audit as audit_log
+    from .db import engine_for
+    with engine_for(_url()).connect() as conn:
+        entries = audit_log.tail(conn, limit, username=username, action=action)
+    for e in reversed(entries):
+        click.echo(f"{e['at']:%Y-%m-%d %H:%M:%S%z}  {e['username'] or '-':<16} "
+                   f"{e['role'] or '-':<15} {e['action']:<14} {e['object_type'] or ''}:"
+                   f"{e['object_id'] or ''}  {e['remote_addr'] or ''} {e['endpoint'] or ''}")
+
+
+@main.group()
+def docs() -> None:
+    """Documentation generated from the code."""
+
+
+@docs.command("permissions")
+def docs_permissions() -> None:
+    """Print the permission matrix (docs/PERMISSIONS.md)."""
+    from .access import permission_matrix
+    click.echo(permission_matrix(), nl=False)
+
+
 # -- assets / serve / demo ----------------------------------------------------------------
 @main.command("assets")
 def assets_cmd() -> None:
@@ -188,6 +346,8 @@ def demo(ctx: click.Context, size: str, osm_path: str | None, host: str, port: i
         with engine_for(url).connect() as conn:
             click.echo(f"city already loaded: {conn.execute(text('SELECT name FROM city')).scalar()}"
                        " (use `gis-server load ... --replace` to change it)")
+    from .demo_accounts import ensure_demo_accounts
+    click.echo(ensure_demo_accounts(url, _app_config()["TOKEN_PEPPER"]))
     ctx.invoke(serve, host=host, port=port, workers=2)
 
 

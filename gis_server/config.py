@@ -32,6 +32,16 @@ def load() -> dict:
     """The Flask config mapping for ``create_app``."""
     return {
         "SECRET_KEY": _secret("SECRET_KEY"),
+        # HMAC key for stored API tokens (a leaked table alone does not reveal tokens).
+        "TOKEN_PEPPER": _secret("TOKEN_PEPPER"),
+        # Public routes (locate, Open311 status, login form): per client address.
+        "PUBLIC_RATE_LIMIT": os.environ.get("GIS_PUBLIC_RATE_LIMIT", "600/minute"),
+        "LOGIN_RATE_LIMIT": os.environ.get("GIS_LOGIN_RATE_LIMIT", "10/minute"),
+        "SESSION_COOKIE_SECURE": os.environ.get("GIS_INSECURE_COOKIES", "") != "1",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": True,
+        "REMEMBER_COOKIE_HTTPONLY": True,
         "DATABASE_URL": os.environ.get("DATABASE_URL"),
         # Basemap tiles: none by default (intranet-safe); e.g. a city's own tile server:
         # GIS_BASEMAP_URL="http://tiles.intranet/{z}/{x}/{y}.png"

@@ -2,6 +2,11 @@
 
 Views call :func:`get_db` and pass the connection to framework-free functions in
 ``gis_server.core``; the connection is returned to the pool when the request ends.
+
+The request's connection is *scoped*: it runs as the role ``gis_app`` with ``gis.scope`` set to
+the caller's grid-code prefix, so PostgreSQL's row-level security (migration 0002) filters
+every query to the caller's subtree. Connections taken straight from the engine (loaders, the
+locate index, token checks) run as the owner and see everything.
 """
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from flask import current_app, g
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 
 
@@ -18,8 +23,30 @@ ALEMBIC_INI = Path(__file__).parent / "alembic.ini"
 
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
-    return create_engine(url, pool_size=5, max_overflow=10, pool_pre_ping=True,
-                         pool_recycle=3600, connect_args={"connect_timeout": 5})
+    engine = create_engine(url, pool_size=5, max_overflow=10, pool_pre_ping=True,
+                           pool_recycle=3600, connect_args={"connect_timeout": 5})
+
+    @event.listens_for(engine, "checkin")
+    def _unscope(dbapi_connection, record):
+        # A scoped connection must never be handed to code that expects the owner role.
+        if record.info.pop("scoped", False):
+            try:
+                dbapi_connection.rollback()
+                dbapi_connection.execute("RESET ROLE")
+                dbapi_connection.execute("RESET gis.scope")
+                dbapi_connection.commit()
+            except Exception:
+                record.invalidate()
+
+    return engine
+
+
+def scope_connection(conn: Connection, scope: str) -> None:
+    """Run ``conn`` as ``gis_app`` limited to ``scope`` (a code prefix; '' = whole city)."""
+    conn.execute(text("SELECT set_config('role', 'gis_app', false), "
+                      "set_config('gis.scope', :scope, false)"), {"scope": scope})
+    conn.commit()
+    conn.connection.info["scoped"] = True
 
 
 def get_engine() -> Engine:
@@ -27,9 +54,16 @@ def get_engine() -> Engine:
 
 
 def get_db() -> Connection:
-    """The request's connection (autobegin; views commit explicitly when they write)."""
+    """The request's scoped connection (autobegin; views commit explicitly when they write)."""
     if "db" not in g:
-        g.db = get_engine().connect()
+        from .access import principal
+        conn = get_engine().connect()
+        try:
+            scope_connection(conn, principal().scope)
+        except Exception:
+            conn.close()
+            raise
+        g.db = conn
     return g.db
 
 

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import pytest
 from werkzeug.serving import make_server
 
-from helpers import dispose_database, fresh_database
+from helpers import authed_client, dispose_database, fresh_database
 
 from gis_server import create_app
 from gis_server.db import engine_for
@@ -37,14 +37,58 @@ def database_url(small_city):
     dispose_database(url, name)
 
 
+TEST_CONFIG = {"TESTING": True, "PUBLIC_RATE_LIMIT": "100000/minute",
+               "LOGIN_RATE_LIMIT": "1000/minute"}
+
+
 @pytest.fixture(scope="session")
 def app(database_url):
-    return create_app({"TESTING": True, "DATABASE_URL": database_url})
+    return create_app({**TEST_CONFIG, "DATABASE_URL": database_url})
+
+
+@pytest.fixture(scope="session")
+def accounts(app, database_url):
+    """One account per role (+ a second community_admin), each with a bearer token.
+
+    Scopes in the small city: street_admin → the first street, community_admin → the first
+    community of that street, community_admin_b → the last community, grid_worker → the
+    first unit grid.
+    """
+    from sqlalchemy import text
+
+    from gis_server.core import accounts as acc
+    from gis_server.models import ROLES
+
+    made = {}
+    with engine_for(database_url).begin() as conn:
+        def first(level, order="ASC"):
+            return conn.execute(text(
+                f"SELECT code FROM grids WHERE level = :l AND valid_to IS NULL "
+                f"ORDER BY code {order} LIMIT 1"), {"l": level}).scalar_one()
+        scopes = {r: None for r in ROLES}
+        scopes.update(street_admin=first("street"), community_admin=first("community"),
+                      grid_worker=first("unit"))
+        wanted = dict(scopes, community_admin_b=first("community", "DESC"))
+        for name, scope in wanted.items():
+            role = "community_admin" if name == "community_admin_b" else name
+            user = acc.create_user(conn, f"test_{name}", role, scope,
+                                   password=f"pw-{name}-0123456789")
+            token, row = acc.issue_token(conn, user["id"], app.config["TOKEN_PEPPER"])
+            made[name] = {"user": user, "token": token, "token_id": row["id"],
+                          "scope": scope, "password": f"pw-{name}-0123456789"}
+    return made
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
+def client(app, accounts):
+    """A client authenticated as admin (whole city, personal data masked)."""
+    return authed_client(app, accounts["admin"]["token"])
+
+
+@pytest.fixture
+def client_as(app, accounts):
+    """``client_as("community_admin")`` → a client with that account's token."""
+    return lambda name: authed_client(app, accounts[name]["token"] if name else None)
 
 
 @pytest.fixture(scope="session")

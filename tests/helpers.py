@@ -32,3 +32,11 @@ def fresh_database(name: str, city=None) -> str:
 def dispose_database(url: str, name: str) -> None:
     engine_for(url).dispose()
     drop_database(server_url(), name)
+
+
+def authed_client(app, token: str | None):
+    """A Flask test client sending ``Authorization: Bearer <token>`` (none if no token)."""
+    client = app.test_client()
+    if token:
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client

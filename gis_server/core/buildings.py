@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 from ..errors import not_found
 from ..layers import get as get_layer
 from .features import feature_collection, single_feature
-from .privacy import HOUSEHOLD_MASKS, PERSON_MASKS, mask_record
+from .privacy import apply_personal_mode
 
 MAX_BBOX_FEATURES = 10_000
 
@@ -37,11 +37,12 @@ def buildings_in_bbox(conn: Connection, bbox: tuple[float, float, float, float],
     return fc
 
 
-def get_building(conn: Connection, building_id: int, unmasked: bool = False) -> dict:
+def get_building(conn: Connection, building_id: int, mode: str = "masked") -> dict:
     """One building with its households and each household's members.
 
-    Personal fields (names, ID numbers, phones, room numbers) are masked unless ``unmasked``;
-    deciding who may see them unmasked (and logging it) is the caller's job.
+    ``mode`` decides personal fields (names, ID numbers, phones, room numbers, birth dates):
+    ``unmasked``, ``masked`` or ``removed`` (see ``privacy.apply_personal_mode``); deciding
+    who gets which (and auditing unmasked reads) is the caller's job.
     """
     feature = single_feature(conn, _select("b.id = :id"), {"id": building_id})
     if feature is None:
@@ -61,11 +62,10 @@ def get_building(conn: Connection, building_id: int, unmasked: bool = False) -> 
     """), {"id": building_id}):
         row = dict(r._mapping)
         members.setdefault(row.pop("household_id"), []).append(row)
-    for h in households:
-        h["members"] = members.get(h["id"], [])
-        if not unmasked:
-            h.update(mask_record(h, HOUSEHOLD_MASKS))
-            h["members"] = [mask_record(m, PERSON_MASKS) for m in h["members"]]
+    households = [
+        {**apply_personal_mode(h, mode),
+         "members": [apply_personal_mode(m, mode) for m in members.get(h["id"], [])]}
+        for h in households]
     feature["properties"]["households"] = households
-    feature["properties"]["personal_data"] = "unmasked" if unmasked else "masked"
+    feature["properties"]["personal_data"] = mode
     return feature

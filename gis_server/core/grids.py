@@ -86,3 +86,12 @@ def get_grid(conn: Connection, code: str, at: datetime | None = None) -> dict:
     if feature is None:
         raise not_found("grid", code)
     return feature
+
+
+def without_worker_contacts(fc: dict) -> dict:
+    """Drop workers' names and phones (for roles that see no personal data): roles stay."""
+    for feature in fc.get("features", [fc] if fc.get("type") == "Feature" else []):
+        workers = feature["properties"].get("workers")
+        if workers is not None:
+            feature["properties"]["workers"] = [{"role": w["role"]} for w in workers]
+    return fc

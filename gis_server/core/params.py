@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 
-from ..errors import bad_param
+from ..errors import bad_param  # noqa: F401 (re-exported for views)
 from ..models import GRID_LEVELS
 
 
@@ -90,3 +90,9 @@ def timestamp(value, field: str = "at") -> datetime | None:
         raise bad_param(field, f"{field} must be an ISO 8601 timestamp or epoch seconds, "
                                f"got {value!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def paging(args, max_limit: int, default_limit: int = 1000) -> tuple[int, int]:
+    """``limit`` (1..max_limit) and ``offset`` (≥ 0) from request arguments."""
+    return (integer(args.get("limit"), "limit", 1, max_limit, default=default_limit),
+            integer(args.get("offset"), "offset", 0, default=0))

@@ -41,3 +41,17 @@ HOUSEHOLD_MASKS = {"head_name": mask_name, "room": mask_room}
 
 def mask_record(record: dict, masks: dict) -> dict:
     return {k: (masks[k](v) if k in masks else v) for k, v in record.items()}
+
+
+# Fields that identify a person or their exact home; "removed" mode drops them entirely.
+PERSONAL_FIELDS = {"name", "id_number", "phone", "head_name", "room", "birth_date"}
+ALL_MASKS = {**PERSON_MASKS, **HOUSEHOLD_MASKS, "birth_date": lambda v: v and v[:4]}
+
+
+def apply_personal_mode(record: dict, mode: str) -> dict:
+    """``unmasked`` → as is; ``masked`` → masked values; ``removed`` → no personal field."""
+    if mode == "unmasked":
+        return dict(record)
+    if mode == "masked":
+        return mask_record(record, ALL_MASKS)
+    return {k: v for k, v in record.items() if k not in PERSONAL_FIELDS}

@@ -13,7 +13,7 @@ def geojson(obj: dict, status: int = 200) -> Response:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import buildings, grids, health, locate, maps
+    from . import auth, buildings, grids, health, households, locate, maps
 
-    for module in (health, locate, grids, buildings, maps):
+    for module in (health, auth, locate, grids, buildings, households, maps):
         app.register_blueprint(module.bp)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
+from ..access import audit_personal_read, personal_data_mode
+
 from ..core import params
 from ..core.buildings import MAX_BBOX_FEATURES, buildings_in_bbox, get_building
 from ..db import get_db
@@ -13,13 +15,18 @@ bp = Blueprint("buildings", __name__)
 @bp.get("/api/v1/buildings")
 def buildings_index():
     box = params.bbox(request.args.get("bbox"))
-    limit = params.integer(request.args.get("limit"), "limit", 1, MAX_BBOX_FEATURES, default=1000)
-    offset = params.integer(request.args.get("offset"), "offset", 0, default=0)
+    limit, offset = params.paging(request.args, MAX_BBOX_FEATURES)
     return geojson(buildings_in_bbox(get_db(), box, limit=limit, offset=offset))
 
 
 @bp.get("/api/v1/buildings/<building_id>")
 def building_detail(building_id: str):
     bid = params.integer(building_id, "id", 1, 2**62)
-    # Personal data stays masked until access control grants a role the right to see it.
-    return geojson(get_building(get_db(), bid, unmasked=False))
+    mode = personal_data_mode()
+    feature = get_building(get_db(), bid, mode=mode)
+    if mode == "unmasked":
+        households = feature["properties"]["households"]
+        audit_personal_read("building", bid,
+                            {"households": len(households),
+                             "persons": sum(len(h["members"]) for h in households)})
+    return geojson(feature)
