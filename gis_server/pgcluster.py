@@ -136,9 +136,22 @@ class Cluster:
                 "jit = off\n"
             )
 
+    def _postmaster_pid(self) -> int | None:
+        """The pid of *our* server (from postmaster.pid) if that process is alive."""
+        pidfile = self.datadir / "postmaster.pid"
+        try:
+            pid = pidfile.read_text().split("\n", 1)[0].strip()
+        except (FileNotFoundError, PermissionError):
+            return None
+        return int(pid) if pid.isdigit() and Path(f"/proc/{pid}").exists() else None
+
     def status(self) -> bool:
-        """True when the server is accepting connections on our port."""
-        if not self.is_initialised():
+        """True when *this* cluster runs and accepts connections on its port.
+
+        Checking the pid file as well as the port means another server that happens to
+        listen on our port is not mistaken for ours.
+        """
+        if not self.is_initialised() or self._postmaster_pid() is None:
             return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
@@ -158,12 +171,17 @@ class Cluster:
         self.rundir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.rundir, "postgres", "postgres")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                raise ClusterError(
+                    f"port {self.port} is taken by another server; set GIS_PG_PORT to a free "
+                    f"port (or DATABASE_URL to use that server)")
+        except OSError:
+            pass
         # A stale pid file from a killed server would make pg_ctl refuse to start.
         pidfile = self.datadir / "postmaster.pid"
-        if pidfile.exists():
-            pid = pidfile.read_text().split("\n", 1)[0].strip()
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                self._run(["rm", "-f", str(pidfile)], check=False)
+        if self._postmaster_pid() is None:
+            self._run(["rm", "-f", str(pidfile)], check=False)
         res = self._run([
             str(self.bindir() / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
             "-w", "-t", str(int(timeout)), "start",

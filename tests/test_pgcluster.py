@@ -45,3 +45,14 @@ def test_missing_postgis_names_the_package(tmp_path, monkeypatch):
                         lambda p: [] if p.endswith("postgis.control") else real_glob(p))
     with pytest.raises(ClusterError, match=r"apt-get install postgresql-\d+-postgis-3"):
         Cluster(data_root=tmp_path).check_postgis_installed()
+
+
+def test_another_server_on_our_port_is_not_mistaken_for_ours(tmp_path):
+    running = Cluster()
+    running.start()
+    stranger = Cluster(data_root=tmp_path, port=running.port)
+    (tmp_path / "pg").mkdir()
+    (tmp_path / "pg" / "PG_VERSION").write_text("15\n")  # looks initialised, never started
+    assert stranger.status() is False
+    with pytest.raises(ClusterError, match="GIS_PG_PORT"):
+        stranger.start()

@@ -60,7 +60,7 @@ class CityData:
             "grids": len(self.grids), "buildings": len(self.buildings),
             "households": len(self.households), "persons": len(self.persons),
             "facilities": len(self.facilities), "departments": len(self.departments),
-            "workers": len(self.workers),
+            "workers": len(self.workers), "worker_grids": len(self.worker_grids),
         }
 
 
@@ -90,10 +90,10 @@ def _copy_frame(conn: Connection, table: str, frame: pd.DataFrame, chunk_rows: i
 def _multi(geoms) -> np.ndarray:
     """Polygons → MultiPolygons (the column type), leaving MultiPolygons alone."""
     arr = np.asarray(geoms, dtype=object)
-    types = shapely.get_type_id(arr)
     out = arr.copy()
-    single = types == 3
-    out[single] = [shapely.MultiPolygon([g]) for g in arr[single]]
+    single = shapely.get_type_id(arr) == 3
+    if single.any():
+        out[single] = shapely.multipolygons(arr[single], indices=np.arange(single.sum()))
     return out
 
 
@@ -171,7 +171,7 @@ def write_city(conn: Connection, city: CityData, show_progress: bool = True) -> 
         "phone": w["phone"], "device_id": w["device_id"],
         "department_id": w["department_code"].map(dept_ids).astype("Int64")})
     _copy_frame(conn, "workers", worker_rows, progress=bar)
-    _copy_frame(conn, "worker_grids", city.worker_grids[WORKER_GRID_COLUMNS])
+    _copy_frame(conn, "worker_grids", city.worker_grids[WORKER_GRID_COLUMNS], progress=bar)
 
     for table in ("grids", "buildings", "households", "persons", "facilities", "departments",
                   "workers"):
