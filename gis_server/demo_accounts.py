@@ -6,6 +6,7 @@ time and printed on every start, so a person trying the demo can log in as each 
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 from sqlalchemy import text
 
@@ -26,12 +27,19 @@ def _scopes(conn) -> dict[str, str | None]:
             "community_admin": first("community"), "grid_worker": first("unit")}
 
 
-def ensure_demo_accounts(url: str, pepper: str) -> str:
+def ensure_demo_accounts(url: str, pepper: str, credentials: Path = CREDENTIALS) -> str:
     """Create missing demo accounts; return the text telling how to log in."""
     lines = []
     with engine_for(url).begin() as conn:
         scopes = _scopes(conn)
         existing = set(conn.execute(text("SELECT username FROM users")).scalars())
+        # After another city was loaded (--replace) the old scope codes are gone: re-scope.
+        for role, scope in scopes.items():
+            conn.execute(text("""
+                UPDATE users SET scope_code = :s WHERE username = :u AND scope_code IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM grids g WHERE g.code = users.scope_code
+                                  AND g.valid_to IS NULL)"""),
+                {"s": scope, "u": f"demo_{role}"})
         for role, scope in scopes.items():
             username = f"demo_{role}"
             if username in existing:
@@ -48,10 +56,10 @@ def ensure_demo_accounts(url: str, pepper: str) -> str:
             lines.append(f"{role:<16} user {username:<22} password {password:<14} "
                          f"scope {scope or 'whole city':<15} token {token}")
     if lines:
-        CREDENTIALS.parent.mkdir(parents=True, exist_ok=True)
-        with open(CREDENTIALS, "a") as f:
+        credentials.parent.mkdir(parents=True, exist_ok=True)
+        with open(credentials, "a") as f:
             f.write("\n".join(lines) + "\n")
-        CREDENTIALS.chmod(0o600)
-    text_out = CREDENTIALS.read_text() if CREDENTIALS.exists() else ""
+        credentials.chmod(0o600)
+    text_out = credentials.read_text() if credentials.exists() else ""
     return ("Demo accounts (log in at http://127.0.0.1:8000/login, or send "
             "'Authorization: Bearer <token>'); kept in data/demo-accounts.txt:\n" + text_out)

@@ -33,11 +33,19 @@ def test_load_synthetic_then_refuse_then_replace(empty_db):
     assert buildings > 0 and unassigned == 0
     again = runner.invoke(main, ["load", "synthetic", "--size", "small"])
     assert again.exit_code != 0 and "--replace" in again.output
+    user = runner.invoke(main, ["users", "create", "keeper", "--role", "planner"])
+    assert user.exit_code == 0, user.output
     replaced = runner.invoke(main, ["load", "synthetic", "--size", "small", "--seed", "4",
                                     "--replace"])
     assert replaced.exit_code == 0, replaced.output
     with engine_for(empty_db).connect() as conn:
         assert conn.execute(text("SELECT source FROM city")).scalar_one().endswith("seed=4")
+        # accounts and the audit log survive a city replacement
+        assert conn.execute(text("SELECT count(*) FROM users WHERE username = 'keeper'")
+                            ).scalar_one() == 1
+        assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() >= 1
+        assert conn.execute(text("SELECT count(*) FROM buildings WHERE grid_id IS NULL")
+                            ).scalar_one() == 0
 
 
 def test_db_url_and_migrate(empty_db):

@@ -98,11 +98,17 @@ def _multi(geoms) -> np.ndarray:
 
 
 def clear_city(conn: Connection) -> None:
-    """Remove every city row (keeps the schema). Used before loading another city."""
+    """Remove every city row (keeps the schema, and keeps user accounts and the audit log).
+
+    TRUNCATE ... CASCADE would follow users.worker_id → workers and wipe the accounts, so the
+    small tables that accounts reach (workers, departments, grids) are DELETEd instead.
+    """
     conn.execute(text(
-        "TRUNCATE city, grid_generations, grids, grid_parts, buildings, households, persons, "
-        "facilities, departments, workers, worker_grids, incidents, incident_events, "
-        "latest_positions, positions RESTART IDENTITY CASCADE"))
+        "TRUNCATE incidents, incident_events, positions, latest_positions, worker_grids, "
+        "grid_parts, persons, households, buildings, facilities RESTART IDENTITY CASCADE"))
+    conn.execute(text("UPDATE users SET worker_id = NULL WHERE worker_id IS NOT NULL"))
+    for table in ("workers", "departments", "grids", "grid_generations", "city"):
+        conn.execute(text(f"DELETE FROM {table}"))
 
 
 def write_city(conn: Connection, city: CityData, show_progress: bool = True) -> dict[str, int]:
