@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from gis_server import create_app
 from gis_server.access import ACCESS, PERSONAL_DATA, PUBLIC, permission_matrix
 from gis_server.core import accounts as acc
+from gis_server.db import engine_for
 from gis_server.models import ROLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,6 +298,11 @@ def test_login_session_csrf_and_logout(database_url, accounts):
         "username": creds["user"]["username"], "password": creds["password"],
         "csrf_token": login_page(client)})
     assert ok.status_code == 302 and ok.location.endswith("/maps/grids")
+    with engine_for(database_url).connect() as conn:
+        actions = conn.execute(text(
+            "SELECT action FROM audit_log WHERE detail->>'username' = :u ORDER BY id"),
+            {"u": creds["user"]["username"]}).scalars().all()
+    assert actions[-2:] == ["login_failed", "login"]
     cookie = ok.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
     # the Secure cookie is only sent over https: the test client follows that rule

@@ -11,6 +11,7 @@ from wtforms.validators import DataRequired, Length
 
 from ..access import SessionUser, audit, limiter, principal
 from ..core import accounts, params
+from ..core.accounts import ANONYMOUS
 from ..core import audit as audit_log
 from ..db import get_db, get_engine
 
@@ -48,6 +49,10 @@ def login():
         if form.validate_on_submit():
             with get_engine().begin() as conn:
                 who = accounts.check_password(conn, form.username.data, form.password.data)
+                audit_log.record(conn, who or ANONYMOUS, "login" if who else "login_failed",
+                                 "user", who.user_id if who else None,
+                                 remote_addr=request.remote_addr, endpoint=request.endpoint,
+                                 detail={"username": form.username.data[:64]})
             if who is not None:
                 login_user(SessionUser(who))
                 return redirect(_safe_next(next_url))
