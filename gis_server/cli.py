@@ -21,6 +21,7 @@ import click
 from sqlalchemy import text
 
 from . import pgcluster
+from .models import ROLES
 
 
 def _url() -> str:
@@ -162,8 +163,7 @@ def users() -> None:
 
 @users.command("create")
 @click.argument("username")
-@click.option("--role", required=True, type=click.Choice(list(__import__(
-    "gis_server.models", fromlist=["ROLES"]).ROLES)))
+@click.option("--role", required=True, type=click.Choice(ROLES))
 @click.option("--scope", "scope_code", default=None,
               help="Grid code of the subtree this account may see (omit: whole city).")
 @click.option("--display-name", default=None)
