@@ -9,14 +9,14 @@ import os
 import secrets
 from pathlib import Path
 
-from .pgcluster import PROJECT_ROOT
+from .pgcluster import data_root
 
 
 def _secret(name: str) -> str:
     value = os.environ.get(name)
     if value:
         return value
-    path = PROJECT_ROOT / "data" / f"{name.lower()}.secret"
+    path = data_root() / f"{name.lower()}.secret"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_urlsafe(32))

@@ -12,9 +12,9 @@ from sqlalchemy import text
 
 from .core import accounts
 from .db import engine_for
-from .pgcluster import PROJECT_ROOT
+from .pgcluster import data_root
 
-CREDENTIALS = PROJECT_ROOT / "data" / "demo-accounts.txt"
+CREDENTIALS = data_root() / "demo-accounts.txt"
 
 
 def _scopes(conn) -> dict[str, str | None]:

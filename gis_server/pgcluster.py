@@ -20,7 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -33,10 +33,19 @@ class ClusterError(RuntimeError):
     """A problem with the embedded cluster, phrased so a user knows what to do."""
 
 
+def data_root() -> Path:
+    """Where the cluster, secrets and uploads live: ``data/`` or ``GIS_DATA_DIR``."""
+    return Path(os.environ.get("GIS_DATA_DIR", PROJECT_ROOT / "data"))
+
+
+def _default_port() -> int:
+    return int(os.environ.get("GIS_PG_PORT", DEFAULT_PORT))
+
+
 @dataclass(frozen=True)
 class Cluster:
-    data_root: Path = PROJECT_ROOT / "data"
-    port: int = int(os.environ.get("GIS_PG_PORT", DEFAULT_PORT))
+    data_root: Path = field(default_factory=data_root)
+    port: int = field(default_factory=_default_port)
 
     @property
     def datadir(self) -> Path:
@@ -104,6 +113,14 @@ class Cluster:
         self.check_postgis_installed()
         self.datadir.mkdir(parents=True, exist_ok=True)
         self.rundir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            reachable = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x",
+                                        str(self.data_root)], capture_output=True)
+            if reachable.returncode != 0:
+                raise ClusterError(
+                    f"the postgres system user cannot reach {self.data_root} (a parent "
+                    f"directory is not searchable by others): `chmod o+x` the parents or set "
+                    f"GIS_DATA_DIR to a directory it can reach")
         pwfile = self.rundir / "initdb.pw"
         pwfile.write_text(self.password() + "\n")
         if os.geteuid() == 0:
