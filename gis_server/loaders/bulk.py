@@ -200,35 +200,31 @@ def rebuild_grid_parts(conn: Connection, max_vertices: int = 64) -> None:
         {"n": max_vertices})
 
 
+def _assign_unit_grid(conn: Connection, table: str, point_column: str) -> None:
+    """``table.grid_id`` = the current unit grid containing ``point_column`` (smallest code
+    wins on a shared edge); rows outside every grid get NULL."""
+    conn.execute(text(f"""
+        UPDATE {table} t SET grid_id = hit.grid_id
+        FROM (
+            SELECT DISTINCT ON (x.id) x.id AS row_id, g.id AS grid_id
+            FROM {table} x
+            JOIN grid_parts p ON p.level = 'unit' AND ST_Intersects(p.geom, x.{point_column})
+            JOIN grids g ON g.id = p.grid_id
+            ORDER BY x.id, g.code
+        ) hit
+        WHERE t.id = hit.row_id
+    """))
+
+
 def derive_grid_assignments(conn: Connection) -> None:
     """Store the unit grid of every building, household and facility (point-in-polygon).
 
     A point on a shared edge belongs to several grids; the one with the smallest code wins,
     the same rule ``core.locate`` applies, so SQL and Python agree.
     """
-    conn.execute(text("""
-        UPDATE buildings b SET grid_id = hit.grid_id
-        FROM (
-            SELECT DISTINCT ON (b2.id) b2.id AS building_id, g.id AS grid_id
-            FROM buildings b2
-            JOIN grid_parts p ON p.level = 'unit' AND ST_Intersects(p.geom, b2.anchor)
-            JOIN grids g ON g.id = p.grid_id
-            ORDER BY b2.id, g.code
-        ) hit
-        WHERE b.id = hit.building_id
-    """))
+    _assign_unit_grid(conn, "buildings", "anchor")
     conn.execute(text("""
         UPDATE households h SET grid_id = b.grid_id
         FROM buildings b WHERE b.id = h.building_id
     """))
-    conn.execute(text("""
-        UPDATE facilities f SET grid_id = hit.grid_id
-        FROM (
-            SELECT DISTINCT ON (f2.id) f2.id AS facility_id, g.id AS grid_id
-            FROM facilities f2
-            JOIN grid_parts p ON p.level = 'unit' AND ST_Intersects(p.geom, f2.geom)
-            JOIN grids g ON g.id = p.grid_id
-            ORDER BY f2.id, g.code
-        ) hit
-        WHERE f.id = hit.facility_id
-    """))
+    _assign_unit_grid(conn, "facilities", "geom")
