@@ -24,9 +24,22 @@ from .errors import APIError
 from .models import ROLES
 
 PUBLIC = "public"
+# Open311-style routes: GET/HEAD public (rate-limited); other methods need an ``api_key``
+# parameter (an API token of any role: ``reporter`` for civic apps, or staff) or a bearer
+# token. A missing key → 400, a bad one → 403 "Invalid api_key" (the blueprint renders its
+# own error format).
+APP_KEY = "app_key"
+# Device ingest (OsmAnd / Traccar Client): no login, the registered device id is the
+# credential (checked by the view); not rate-limited per address (a NAT carries many phones).
+DEVICE = "device"
 AUTHENTICATED = frozenset(ROLES)
 STAFF = frozenset(ROLES) - {"reporter"}
 ADMIN = frozenset({"admin"})
+# Planning (issue 5): planners (and admins) draft and publish; the command centre and street /
+# community admins read plans in their scope; analysts may also read impact (no personal data).
+PLANNERS = frozenset({"planner", "admin"})
+PLAN_READERS = PLANNERS | {"command_center", "street_admin", "community_admin"}
+IMPACT_READERS = PLAN_READERS | {"analyst"}
 
 # endpoint → roles (or PUBLIC). Every route of the app must be listed.
 ACCESS: dict[str, frozenset[str] | str] = {
@@ -45,6 +58,69 @@ ACCESS: dict[str, frozenset[str] | str] = {
     "households.households_index": STAFF,
     "households.household_detail": STAFF,
     "maps.grids_map": STAFF,
+    # Planning: validate, drafts, impact, publish, import/export (issue 5)
+    "plans.validate_layer": IMPACT_READERS,
+    "plans.repair_layer": IMPACT_READERS,
+    "plans.validate_hierarchy": IMPACT_READERS,
+    "plans.export_layer": IMPACT_READERS,
+    "plans.assignments_csv": IMPACT_READERS,
+    "plans.plans_index": IMPACT_READERS,
+    "plans.plan_detail": IMPACT_READERS,
+    "plans.plan_grids": IMPACT_READERS,
+    "plans.plan_edits": PLAN_READERS,
+    "plans.plan_validate": IMPACT_READERS,
+    "plans.plan_impact": IMPACT_READERS,
+    "plans.plans_create": PLANNERS,
+    "plans.plan_grid_replace": PLANNERS,
+    "plans.plan_grid_add": PLANNERS,
+    "plans.plan_grid_remove": PLANNERS,
+    "plans.plan_move_buildings": PLANNERS,
+    "plans.plan_import": PLANNERS,
+    "plans.plan_undo": PLANNERS,
+    "plans.plan_repair": PLANNERS,
+    "plans.plan_publish": PLANNERS,
+    "plans.plan_discard": PLANNERS,
+    "maps.plan_maps.plan_map_page": PLAN_READERS,
+    # Live positions (issue 7)
+    "positions.osmand": DEVICE,
+    "positions.batch": frozenset({"admin", "command_center", "grid_worker"}),
+    "positions.workers_index": STAFF,
+    "positions.workers_live": STAFF,
+    "positions.worker_track_view": STAFF,
+    "positions.events_index": STAFF,
+    "positions.rejections_index": frozenset({"admin", "command_center"}),
+    "positions.patrol_coverage": STAFF,
+    "stream.stream": STAFF,
+    "maps_live.command_center": STAFF,
+    # OGC API – Features, vector tiles and the vector-tile map (issue 8)
+    "ogc.landing": STAFF,
+    "ogc.api": STAFF,
+    "ogc.conformance": STAFF,
+    "ogc.collections": STAFF,
+    "ogc.collection": STAFF,
+    "ogc.items": STAFF,
+    "ogc.item": STAFF,
+    "tiles.tile": STAFF,
+    "maps.tiles_map": STAFF,
+    # Incidents (issue 6); what each role may do to an incident: core/incidents.py RULES
+    "incidents.create_incident": frozenset({"grid_worker", "community_admin", "street_admin",
+                                            "command_center", "admin"}),
+    "incidents.list_incidents": STAFF,
+    "incidents.incident_detail": STAFF,
+    "incidents.incident_action": frozenset({"grid_worker", "community_admin", "street_admin",
+                                            "command_center", "admin"}),
+    "incidents.action_rules": STAFF,
+    "incidents.categories": AUTHENTICATED,
+    "incidents.escalate_overdue": frozenset({"command_center", "admin"}),
+    "incidents.indicators": frozenset({"command_center", "street_admin", "community_admin",
+                                       "admin", "analyst"}),
+    "maps.incidents.incidents_map_page": STAFF,
+    "open311.discovery": APP_KEY,
+    "open311.services": APP_KEY,
+    "open311.service_definition": APP_KEY,
+    "open311.requests": APP_KEY,
+    "open311.request_detail": APP_KEY,
+    "open311.token_detail": APP_KEY,
 }
 
 # What each role sees of personal data (names, ID numbers, phones, exact addresses):
@@ -61,7 +137,7 @@ PERSONAL_DATA = {
 }
 
 # Routes answering HTML: an anonymous caller is sent to the login form instead of a 401.
-HTML_PREFIXES = ("maps.",)
+HTML_PREFIXES = ("maps.", "maps_live.")
 
 def _public_limit() -> str:
     return current_app.config["PUBLIC_RATE_LIMIT"]
@@ -69,7 +145,7 @@ def _public_limit() -> str:
 
 def _not_rate_limited() -> bool:
     """Only PUBLIC routes (what a resident's app calls) are rate-limited per address."""
-    return ACCESS.get(request.endpoint) != PUBLIC or request.endpoint == "static"
+    return ACCESS.get(request.endpoint) not in (PUBLIC, APP_KEY) or request.endpoint == "static"
 
 
 # In-process counters: with several gunicorn workers each keeps its own (documented); point
@@ -111,10 +187,16 @@ def _bearer_principal() -> Principal | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("malformed", "Authorization must be 'Bearer <token>'")
-    from .db import get_engine
-    with get_engine().begin() as conn:
+    from .db import get_db
+    # On the request's own connection (one pool checkout per request); this transaction is
+    # the anonymous one and is committed before the view's transactions, which carry the
+    # authenticated caller's scope.
+    conn = get_db()
+    try:
         return accounts.authenticate_token(conn, token.strip(),
                                            current_app.config["TOKEN_PEPPER"])
+    finally:
+        conn.commit()
 
 
 def _session_principal() -> Principal | None:
@@ -138,8 +220,10 @@ def authorize() -> None:
     g.principal = who or ANONYMOUS
     if rule is None:
         raise APIError(403, "forbidden", f"route {endpoint} has no access rule")
-    if rule == PUBLIC:
+    if rule in (PUBLIC, DEVICE):
         return None
+    if rule == APP_KEY:
+        return _app_key(who)
     if who is None:
         if endpoint.startswith(HTML_PREFIXES):
             return redirect(url_for("auth.login", next=request.full_path))
@@ -147,6 +231,28 @@ def authorize() -> None:
                                    "<token>' or log in")
     if who.role not in rule:
         raise APIError(403, "forbidden", f"role {who.role} may not call {endpoint}")
+    return None
+
+
+def _app_key(who: Principal | None) -> None:
+    """APP_KEY rule: reads are public; writes need ``api_key`` (or a bearer token)."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    if who is None:
+        key = request.values.get("api_key", "").strip()
+        if not key:
+            raise APIError(400, "invalid_parameter", "api_key is required", field="api_key")
+        from .db import get_engine
+        try:
+            with get_engine().begin() as conn:
+                who = accounts.authenticate_token(conn, key,
+                                                  current_app.config["TOKEN_PEPPER"])
+        except AuthError:
+            raise APIError(403, "invalid_api_key", "Invalid api_key received -- can't "
+                           "proceed with create_request.", field="api_key") from None
+        g.principal = who
+    if who.role not in AUTHENTICATED:
+        raise APIError(403, "forbidden", f"role {who.role} may not call {request.endpoint}")
     return None
 
 
@@ -195,7 +301,9 @@ def permission_matrix() -> str:
         "Generated from `gis_server.access.ACCESS` and `PERSONAL_DATA` by "
         "`gis-server docs permissions`; a test keeps this file identical to the code.",
         "",
-        "✓ allowed · – refused (403; 401 when anonymous) · public: anyone, rate-limited.",
+        "✓ allowed · – refused (403; 401 when anonymous) · public: anyone, rate-limited · "
+        "device: no login, the registered device id is the credential (not rate-limited) · "
+        "api_key: reads public (rate-limited), writes need an `api_key` (any role's token).",
         "Rows are further limited to the caller's scope (its subtree of the grid hierarchy) "
         "by row-level security; objects outside it answer 404.",
         "",
@@ -204,7 +312,9 @@ def permission_matrix() -> str:
     ]
     for endpoint in sorted(ACCESS):
         rule = ACCESS[endpoint]
-        cells = ["public" if rule == PUBLIC else ("✓" if r in rule else "–") for r in roles]
+        cells = ["public" if rule == PUBLIC else "device" if rule == DEVICE
+                 else "api_key" if rule == APP_KEY
+                 else ("✓" if r in rule else "–") for r in roles]
         lines.append(f"| `{endpoint}` | " + " | ".join(cells) + " |")
     lines += ["", "## Personal data (names, ID numbers, phones, exact addresses)", "",
               "| role | sees |", "|---|---|"]

@@ -28,6 +28,7 @@ FILES = [
     ("leaflet.awesome-markers", "dist/leaflet.awesome-markers.js"),
     ("leaflet.awesome-markers", "dist/leaflet.awesome-markers.css"),
     ("leaflet.awesome-markers", "dist/images"),
+    ("leaflet.vectorgrid", "dist/Leaflet.VectorGrid.bundled.min.js"),
 ]
 
 
@@ -69,5 +70,6 @@ FOLIUM_CSS = [
                                         "dist/leaflet.awesome-markers.css")),
 ]
 MARKERCLUSTER_JS = vendor_path("leaflet.markercluster", "dist/leaflet.markercluster.js")
+VECTORGRID_JS = vendor_path("leaflet.vectorgrid", "dist/Leaflet.VectorGrid.bundled.min.js")
 MARKERCLUSTER_CSS = [vendor_path("leaflet.markercluster", "dist/MarkerCluster.css"),
                      vendor_path("leaflet.markercluster", "dist/MarkerCluster.Default.css")]

@@ -312,10 +312,10 @@ def assets_cmd() -> None:
 @click.option("--workers", default=2, show_default=True)
 def serve(host: str, port: int, workers: int) -> None:
     """Serve the app with gunicorn (production mode)."""
+    from .serving import gunicorn_argv
     url = _url()
     env = dict(os.environ, DATABASE_URL=url)
-    argv = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind",
-            f"{host}:{port}", "--access-logfile", "-", "gis_server.wsgi:app"]
+    argv = gunicorn_argv(f"{host}:{port}", workers)
     click.echo(f"serving on http://{host}:{port}/  (map: http://{host}:{port}/maps/grids)")
     os.execvpe(argv[0], argv, env)
 
@@ -350,6 +350,8 @@ def demo(ctx: click.Context, size: str, osm_path: str | None, host: str, port: i
     click.echo(ensure_demo_accounts(url, _app_config()["TOKEN_PEPPER"]))
     ctx.invoke(serve, host=host, port=port, workers=2)
 
+
+from .cli_grids import grids as _grids; main.add_command(_grids)  # noqa: E402,E702
 
 if __name__ == "__main__":
     main()

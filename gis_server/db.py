@@ -3,10 +3,10 @@
 Views call :func:`get_db` and pass the connection to framework-free functions in
 ``gis_server.core``; the connection is returned to the pool when the request ends.
 
-The request's connection is *scoped*: it runs as the role ``gis_app`` with ``gis.scope`` set to
-the caller's grid-code prefix, so PostgreSQL's row-level security (migration 0002) filters
-every query to the caller's subtree. Connections taken straight from the engine (loaders, the
-locate index, token checks) run as the owner and see everything.
+The request's connection is *scoped*: each of its transactions runs as the role ``gis_app``
+with ``gis.scope`` set to the caller's grid-code prefix, so PostgreSQL's row-level security
+(migrations 0002, 0007) filters every query to the caller's subtree. Connections taken
+straight from the engine (loaders, the locate index) run as the owner and see everything.
 """
 from __future__ import annotations
 
@@ -23,46 +23,41 @@ ALEMBIC_INI = Path(__file__).parent / "alembic.ini"
 
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
-    engine = create_engine(url, pool_size=5, max_overflow=10, pool_pre_ping=True,
-                           pool_recycle=3600, connect_args={"connect_timeout": 5})
-
-    @event.listens_for(engine, "checkin")
-    def _unscope(dbapi_connection, record):
-        # A scoped connection must never be handed to code that expects the owner role.
-        if record.info.pop("scoped", False):
-            try:
-                dbapi_connection.rollback()
-                dbapi_connection.execute("RESET ROLE")
-                dbapi_connection.execute("RESET gis.scope")
-                dbapi_connection.commit()
-            except Exception:
-                record.invalidate()
-
-    return engine
-
-
-def scope_connection(conn: Connection, scope: str) -> None:
-    """Run ``conn`` as ``gis_app`` limited to ``scope`` (a code prefix; '' = whole city)."""
-    conn.execute(text("SELECT set_config('role', 'gis_app', false), "
-                      "set_config('gis.scope', :scope, false)"), {"scope": scope})
-    conn.commit()
-    conn.connection.info["scoped"] = True
+    return create_engine(url, pool_size=5, max_overflow=10, pool_pre_ping=True,
+                         pool_recycle=3600, connect_args={"connect_timeout": 5})
 
 
 def get_engine() -> Engine:
     return engine_for(current_app.config["DATABASE_URL"])
 
 
+# Transaction-local (is_local = true): COMMIT or ROLLBACK drops both settings, so a
+# connection goes back to the pool as the owner and nothing has to be reset.
+SCOPE_SQL = ("SELECT set_config('role', 'gis_app', true), "
+             "set_config('gis.scope', 'scope:' || %s, true)")
+
+
+def scope_connection(conn: Connection, scope: str) -> None:
+    """Run the rest of ``conn``'s current transaction as ``gis_app`` limited to ``scope``
+    (a grid-code prefix; '' = the whole city)."""
+    conn.exec_driver_sql(SCOPE_SQL, (scope,))
+
+
+def _scope_each_transaction(conn: Connection) -> None:
+    # Runs on BEGIN (SQLAlchemy's "begin" event), before the transaction's first statement;
+    # the raw driver call starts the transaction itself, so every transaction of a request
+    # connection, including those after a mid-request commit, is scoped.
+    from .access import principal
+    conn.connection.driver_connection.execute(SCOPE_SQL, (principal().scope,))
+
+
 def get_db() -> Connection:
-    """The request's scoped connection (autobegin; views commit explicitly when they write)."""
+    """The request's connection: every transaction on it is scoped to the caller (RLS).
+
+    Views commit explicitly when they write (``get_db().commit()``)."""
     if "db" not in g:
-        from .access import principal
         conn = get_engine().connect()
-        try:
-            scope_connection(conn, principal().scope)
-        except Exception:
-            conn.close()
-            raise
+        event.listen(conn, "begin", _scope_each_transaction)
         g.db = conn
     return g.db
 

@@ -12,7 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from gis_server import create_app
-from gis_server.access import ACCESS, PERSONAL_DATA, PUBLIC, permission_matrix
+from gis_server.access import (ACCESS, APP_KEY, DEVICE, HTML_PREFIXES, PERSONAL_DATA,
+                               PUBLIC, permission_matrix)
 from gis_server.core import accounts as acc
 from gis_server.db import engine_for
 from gis_server.models import ROLES
@@ -31,7 +32,17 @@ def sample(engine, accounts):
             "JOIN households h ON h.building_id = b.id "
             "WHERE u.code = :c GROUP BY b.id ORDER BY b.id LIMIT 1"), {"c": unit}).one()
     return {"code": unit, "building_id": str(building), "household_id": str(household),
-            "filename": "vendor/leaflet/dist/leaflet.css"}
+            "filename": "vendor/leaflet/dist/leaflet.css",
+            # incidents / Open311 (issue 6)
+            "incident_id": "1", "fmt": "json", "service_code": "E0101",
+            "service_request_id": "1", "token": "no-such-token",
+            # live positions (issue 7): a worker's track (404 outside a scope is fine here)
+            "worker_id": "1",
+            # OGC API – Features and vector tiles (issue 8)
+            "collection_id": "buildings", "feature_id": str(building), "layer": "buildings",
+            "z": 0, "x": 0, "y": 0,
+            # planning (issue 5): a plan that does not exist (404s; nothing is published)
+            "plan_id": "999999"}
 
 
 def route_cases(app):
@@ -42,10 +53,10 @@ def route_cases(app):
 
 def expected_status(endpoint: str, caller: str | None) -> str:
     rule = ACCESS[endpoint]
-    if rule == PUBLIC:
+    if rule in (PUBLIC, DEVICE, APP_KEY):  # APP_KEY: a POST without api_key is a 400
         return "allowed"
     if caller is None:
-        return "login" if endpoint.startswith("maps.") else "401"
+        return "login" if endpoint.startswith(HTML_PREFIXES) else "401"
     return "allowed" if caller in rule else "403"
 
 
@@ -381,14 +392,27 @@ def test_row_level_security_filters_in_sql(engine, accounts):
     prefix = acc.scope_prefix(accounts["community_admin"]["scope"])
     with engine.connect() as conn:
         total = conn.execute(text("SELECT count(*) FROM persons")).scalar_one()
-        scope_connection(conn, prefix)
-        visible = conn.execute(text("SELECT count(*) FROM persons")).scalar_one()
         expected = conn.execute(text(
             "SELECT count(*) FROM persons p JOIN households h ON h.id = p.household_id "
             "JOIN grids u ON u.id = h.grid_id WHERE left(u.code, 12) = :p"),
             {"p": prefix}).scalar_one()
+        conn.commit()
+        scope_connection(conn, prefix)
+        visible = conn.execute(text("SELECT count(*) FROM persons")).scalar_one()
+        conn.commit()  # the scope is transaction-local: gone with the commit
+        assert conn.execute(text("SELECT count(*) FROM persons")).scalar_one() == total
+        conn.commit()
         scope_connection(conn, "0")  # a scope matching nothing
         assert conn.execute(text("SELECT count(*) FROM buildings")).scalar_one() == 0
+        conn.rollback()
+        # gis_app with no (or a reset) scope sees nothing: fail closed
+        conn.execute(text("SET LOCAL ROLE gis_app"))
+        assert conn.execute(text("SELECT count(*) FROM buildings")).scalar_one() == 0
+        conn.rollback()
+        conn.execute(text("SELECT set_config('role', 'gis_app', true), "
+                          "set_config('gis.scope', '', true)"))
+        assert conn.execute(text("SELECT count(*) FROM persons")).scalar_one() == 0
+        conn.rollback()
     assert 0 < visible == expected < total
     with engine.connect() as conn:  # back from the pool: the owner again, sees everything
         assert conn.execute(text("SELECT count(*) FROM persons")).scalar_one() == total

@@ -160,12 +160,20 @@ def authenticate_token(conn: Connection, token: str, pepper: str) -> Principal:
     """The principal of a bearer token, or :class:`AuthError` saying why not."""
     if not token.startswith(TOKEN_PREFIX) or len(token) < 20:
         raise AuthError("malformed", "the bearer token is malformed")
+    # last_used_at is refreshed at most once a minute: most requests only read, so their
+    # commit writes no WAL.
     row = conn.execute(text("""
-        UPDATE api_tokens t SET last_used_at = now()
-        FROM users u
-        WHERE t.token_hash = :h AND u.id = t.user_id
-        RETURNING u.id, u.username, u.role, u.scope_code, u.worker_id, u.is_active,
-                  t.id AS token_id, t.expires_at, t.revoked_at
+        WITH hit AS (
+            SELECT u.id, u.username, u.role, u.scope_code, u.worker_id, u.is_active,
+                   t.id AS token_id, t.expires_at, t.revoked_at, t.last_used_at
+            FROM api_tokens t JOIN users u ON u.id = t.user_id
+            WHERE t.token_hash = :h
+        ), touch AS (
+            UPDATE api_tokens SET last_used_at = now()
+            WHERE id = (SELECT token_id FROM hit)
+              AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')
+        )
+        SELECT * FROM hit
     """), {"h": hash_token(token, pepper)}).one_or_none()
     if row is None:
         raise AuthError("unknown", "the bearer token is not valid")

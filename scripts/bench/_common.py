@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gis_server.pgcluster import Cluster  # noqa: E402
+from gis_server.serving import gunicorn_argv  # noqa: E402
 
 
 def database_url(dbname: str | None) -> str:
@@ -39,9 +40,9 @@ def gunicorn(url: str, workers: int = 2):
     # The limiter still runs on every public request; the budget is raised so that one
     # benchmarking address is not throttled (which would measure 429s, not the route).
     env.setdefault("GIS_PUBLIC_RATE_LIMIT", "1000000000/minute")
+    # The same worker class and options as `gis-server serve` (production).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind",
-         f"127.0.0.1:{port}", "--log-level", "warning", "gis_server.wsgi:app"],
+        gunicorn_argv(f"127.0.0.1:{port}", workers, log_level="warning", access_log=False),
         env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -57,7 +58,10 @@ def gunicorn(url: str, workers: int = 2):
         yield base
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def wrk(url: str, seconds: int = 10, connections: int = 16, threads: int = 1,

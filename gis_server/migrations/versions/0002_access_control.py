@@ -10,7 +10,6 @@ Create Date: 2026-11-24 20:23:42.215668
 """
 from alembic import op
 import sqlalchemy as sa
-import geoalchemy2
 from sqlalchemy.dialects import postgresql
 
 revision = '0002'

@@ -1,0 +1,245 @@
+"""The OsmAnd / Traccar Client protocol, parsed the way Traccar's ``OsmAndProtocolDecoder`` does.
+
+Two forms reach ``/track/osmand``:
+
+* **query / form** (OsmAnd, Traccar Client ≤ 8, most trackers): parameters in the query string,
+  or — when the query string is empty — in an ``application/x-www-form-urlencoded`` body.
+  ``id`` or ``deviceid``; ``lat`` + ``lon`` or ``location=lat,lon``; ``timestamp`` as epoch
+  seconds, epoch milliseconds (Traccar: a value ≥ 2^31-1 is milliseconds), ISO 8601 (contains
+  ``T``) or ``yyyy-MM-dd HH:mm:ss``; ``speed`` in **knots**; ``bearing``/``heading``;
+  ``altitude``; ``accuracy``; ``hdop``; ``batt`` (percent); ``charge``; ``valid``; anything
+  else is kept as an attribute (numbers as numbers, ``true``/``false`` as booleans).
+* **JSON** (Traccar Client 9+, transistorsoft background geolocation), ``Content-Type:
+  application/json``: ``{"device_id", "location": {"timestamp", "coords": {latitude,
+  longitude, speed (m/s), heading, accuracy, altitude}, "battery": {"level" 0..1,
+  "is_charging"}, "is_moving", "odometer", "event", "activity": {"type"}, ...}}``.
+
+Traccar answers an unknown device with 400 in the query form and 404 in the JSON form; a
+fix without coordinates takes the device's last known location. We store speeds in m/s.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from ..errors import APIError, bad_param
+
+KNOT_MS = 1852.0 / 3600.0  # 1 knot in m/s
+INT_MAX = 2**31 - 1
+
+# Parameters with a meaning of their own; everything else becomes an attribute.
+_KNOWN = {"id", "deviceid", "lat", "lon", "location", "timestamp", "speed", "bearing",
+          "heading", "altitude", "accuracy", "hdop", "batt", "charge", "valid"}
+
+
+@dataclass
+class Fix:
+    """One position report, normalised (UTC time, m/s, degrees, percent)."""
+    device_id: str
+    recorded_at: datetime | None  # None: the device sent no time (the server's clock is used)
+    lat: float | None
+    lon: float | None
+    speed: float | None = None  # m/s
+    bearing: float | None = None
+    altitude: float | None = None
+    accuracy: float | None = None  # metres
+    battery: float | None = None  # percent
+    attributes: dict = field(default_factory=dict)
+
+
+class UnknownDevice(APIError):
+    def __init__(self, device_id: str, status: int = 400):
+        super().__init__(status, "unknown_device", f"device {device_id!r} is not registered",
+                         field="id")
+        self.device_id = device_id
+
+
+def _float(value, name: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise bad_param(name, f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise bad_param(name, f"{name} must be a finite number")
+    return x
+
+
+def parse_time(value, name: str = "timestamp") -> datetime:
+    """Epoch seconds / milliseconds, ISO 8601, or ``yyyy-MM-dd HH:mm:ss`` (UTC if naive)."""
+    text = str(value).strip()
+    try:
+        if text.lstrip("-").isdigit():
+            n = int(text)
+            seconds = n / 1000.0 if n >= INT_MAX else float(n)
+            return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        if text.replace(".", "", 1).isdigit():  # "1700000000.5": fractional epoch seconds
+            return datetime.fromtimestamp(float(text), tz=timezone.utc)
+        if "T" in text:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        else:
+            parsed = datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        raise bad_param(name, f"{name} must be epoch seconds, epoch milliseconds or an "
+                              f"ISO 8601 time, got {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _attribute(value: str):
+    try:
+        x = float(value)
+        if math.isfinite(x):
+            return x
+    except ValueError:
+        pass
+    if value in ("true", "false"):
+        return value == "true"
+    return value
+
+
+def _bool(value: str) -> bool:
+    return value.lower() == "true" or value == "1"
+
+
+def parse_query(params) -> Fix:
+    """A query-string / form report. ``params``: a mapping of name → list of values (or str)."""
+    if hasattr(params, "getlist"):  # werkzeug MultiDict: the last value wins, as in Traccar
+        flat = {k: params.getlist(k)[-1] for k in params.keys()}
+    else:
+        flat = {k: (v[-1] if isinstance(v, list) and v else v) for k, v in params.items()}
+    last = flat.get
+
+    device = last("id") or last("deviceid")
+    if not device or not str(device).strip():
+        raise bad_param("id", "id (or deviceid) is required: the device identifier")
+    lat = lon = None
+    if last("lat") is not None or last("lon") is not None:
+        if last("lat") in (None, "") or last("lon") in (None, ""):
+            raise bad_param("lat" if last("lat") in (None, "") else "lon",
+                            "lat and lon must be sent together")
+        lat, lon = _float(last("lat"), "lat"), _float(last("lon"), "lon")
+    elif last("location") is not None:
+        parts = str(last("location")).split(",")
+        if len(parts) < 2:
+            raise bad_param("location", "location must be 'lat,lon'")
+        lat, lon = _float(parts[0], "location"), _float(parts[1], "location")
+    if lat is not None and not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise bad_param("lat", f"({lat}, {lon}) is outside latitude/longitude ranges")
+    ts = last("timestamp")
+    fix = Fix(device_id=str(device).strip(),
+              recorded_at=parse_time(ts) if ts not in (None, "") else None, lat=lat, lon=lon)
+    if last("speed") not in (None, ""):
+        fix.speed = _float(last("speed"), "speed") * KNOT_MS
+    for name in ("bearing", "heading"):
+        if last(name) not in (None, ""):
+            fix.bearing = _float(last(name), name)
+    if last("altitude") not in (None, ""):
+        fix.altitude = _float(last("altitude"), "altitude")
+    if last("accuracy") not in (None, ""):
+        fix.accuracy = _float(last("accuracy"), "accuracy")
+    if last("batt") not in (None, ""):
+        fix.battery = _float(last("batt"), "batt")
+    if last("hdop") not in (None, ""):
+        fix.attributes["hdop"] = _float(last("hdop"), "hdop")
+    if last("charge") not in (None, ""):
+        fix.attributes["charge"] = _bool(str(last("charge")))
+    if last("valid") not in (None, ""):
+        fix.attributes["valid"] = _bool(str(last("valid")))
+    for key in flat:
+        if key not in _KNOWN:
+            value = last(key)
+            fix.attributes[key] = value if isinstance(value, (int, float)) \
+                else _attribute(str(value))
+    return fix
+
+
+def _json_number(obj: dict, key: str, where: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad_param(f"{where}.{key}", f"{where}.{key} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise bad_param(f"{where}.{key}", f"{where}.{key} must be finite")
+    return float(value)
+
+
+def parse_json(body) -> Fix:
+    """The JSON variant (Traccar Client 9+ / transistorsoft): one ``location`` per request."""
+    if not isinstance(body, dict):
+        raise bad_param("body", "the body must be a JSON object")
+    device = body.get("device_id")
+    if not isinstance(device, (str, int)) or not str(device).strip():
+        raise bad_param("device_id", "device_id is required")
+    location = body.get("location")
+    if isinstance(location, list):  # batched uploads send a list; one per request here
+        if len(location) != 1:
+            raise bad_param("location", "send one location per request (or use "
+                                        "POST /api/v1/positions for batches)")
+        location = location[0]
+    if not isinstance(location, dict):
+        raise bad_param("location", "location must be an object")
+    ts = location.get("timestamp")
+    fix = Fix(device_id=str(device).strip(),
+              recorded_at=parse_time(ts, "location.timestamp") if ts not in (None, "") else None,
+              lat=None, lon=None)
+    coords = location.get("coords")
+    if coords is not None:
+        if not isinstance(coords, dict):
+            raise bad_param("location.coords", "location.coords must be an object")
+        lat = _json_number(coords, "latitude", "location.coords")
+        lon = _json_number(coords, "longitude", "location.coords")
+        if lat is None or lon is None:
+            raise bad_param("location.coords.latitude",
+                            "location.coords needs latitude and longitude")
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise bad_param("location.coords.latitude",
+                            f"({lat}, {lon}) is outside latitude/longitude ranges")
+        fix.lat, fix.lon = lat, lon
+        speed = _json_number(coords, "speed", "location.coords")
+        if speed is not None and speed >= 0:
+            fix.speed = speed  # already m/s
+        heading = _json_number(coords, "heading", "location.coords")
+        if heading is not None and heading >= 0:
+            fix.bearing = heading
+        accuracy = _json_number(coords, "accuracy", "location.coords")
+        if accuracy is not None and accuracy >= 0:
+            fix.accuracy = accuracy
+        fix.altitude = _json_number(coords, "altitude", "location.coords")
+    battery = location.get("battery")
+    if isinstance(battery, dict):
+        level = _json_number(battery, "level", "location.battery")
+        if level is not None and level >= 0:
+            fix.battery = round(level * 100, 1)
+        if battery.get("is_charging") is True:
+            fix.attributes["charge"] = True
+    for key in ("is_moving", "odometer", "event", "mock", "uuid"):
+        if key in location:
+            fix.attributes["motion" if key == "is_moving" else key] = location[key]
+    activity = location.get("activity")
+    if isinstance(activity, dict) and "type" in activity:
+        fix.attributes["activity"] = activity["type"]
+    if "alarm" in location:
+        fix.attributes["alarm"] = location["alarm"]
+    elif isinstance(location.get("extras"), dict) and "alarm" in location["extras"]:
+        fix.attributes["alarm"] = location["extras"]["alarm"]
+    return fix
+
+
+def parse_batch_item(item, index: int) -> Fix:
+    """One element of ``POST /api/v1/positions``: either form (flat or the JSON variant)."""
+    where = f"positions[{index}]"
+    if not isinstance(item, dict):
+        raise bad_param(where, f"{where} must be an object")
+    try:
+        if "location" in item and isinstance(item["location"], (dict, list)):
+            return parse_json(item)
+        flat = {k: ("" if v is None else str(v).lower() if isinstance(v, bool) else v)
+                for k, v in item.items() if not isinstance(v, (dict, list))}
+        if "device_id" in flat and "id" not in flat:
+            flat["id"] = flat.pop("device_id")
+        return parse_query(flat)
+    except APIError as exc:
+        exc.field = f"{where}.{exc.field}" if exc.field else where
+        exc.message = f"{where}: {exc.message}"
+        raise
