@@ -6,6 +6,7 @@
     gis-server users create NAME --role ROLE [--scope CODE] [--password]   (prints a token)
     gis-server users list | tokens create NAME | tokens list | tokens revoke ID
     gis-server audit tail [-n 20]
+    gis-server incidents import FILE.csv
     gis-server docs permissions  # the permission matrix (docs/PERMISSIONS.md)
     gis-server assets            # vendor front-end assets (no CDN at run time)
     gis-server serve             # gunicorn, production mode
@@ -295,6 +296,34 @@ def docs_permissions() -> None:
     """Print the permission matrix (docs/PERMISSIONS.md)."""
     from .access import permission_matrix
     click.echo(permission_matrix(), nl=False)
+
+
+# -- incidents -----------------------------------------------------------------------------
+@main.group()
+def incidents() -> None:
+    """Incidents (cases)."""
+
+
+@incidents.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def incidents_import(path: str) -> None:
+    """Import historical incidents from a CSV (all or nothing; see core/incidents_bulk.py)."""
+    from .core import audit
+    from .core.incidents_bulk import import_csv
+    from .core.locate import GridIndex
+    from .db import engine_for
+    from .errors import APIError
+
+    t0 = time.monotonic()
+    try:
+        with engine_for(_url()).begin() as conn:
+            count = import_csv(conn, GridIndex.build(conn), path,
+                               actor=_system_principal().username)
+            audit.record(conn, _system_principal(), "import_incidents", "file", path,
+                         endpoint="cli", detail={"count": count})
+    except APIError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"imported {count:,} incidents in {time.monotonic() - t0:.1f}s")
 
 
 # -- assets / serve / demo ----------------------------------------------------------------

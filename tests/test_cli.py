@@ -53,3 +53,31 @@ def test_db_url_and_migrate(empty_db):
     assert runner.invoke(main, ["db", "url"]).output.strip() == empty_db
     result = runner.invoke(main, ["db", "migrate"])
     assert result.exit_code == 0 and "newest revision" in result.output
+
+
+def test_incidents_import_all_or_nothing(empty_db, tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["load", "synthetic", "--size", "small"]).exit_code == 0
+    with engine_for(empty_db).connect() as conn:
+        x, y = conn.execute(text("SELECT ST_X(anchor), ST_Y(anchor) FROM buildings "
+                                 "ORDER BY id LIMIT 1")).one()
+    good = tmp_path / "good.csv"
+    good.write_text("category,description,lon,lat,status,reported_at,closed_at\n"
+                    f"E0101,old case,{x},{y},closed,2026-03-01T08:00:00+08:00,"
+                    "2026-03-01T10:00:00+08:00\n"
+                    f"E0102,another,{x},{y},reported,2026-03-02T08:00:00+08:00,\n")
+    result = runner.invoke(main, ["incidents", "import", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "imported 2 incidents" in result.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("category,description,lon,lat\n"
+                   f"E0101,fine,{x},{y}\nNOPE,unknown category,{x},{y}\n")
+    refused = runner.invoke(main, ["incidents", "import", str(bad)])
+    assert refused.exit_code != 0 and "line" in refused.output
+    with engine_for(empty_db).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM incidents")).scalar_one() == 2
+        grids = conn.execute(text("SELECT count(*) FROM incidents WHERE grid_id IS NULL")
+                             ).scalar_one()
+        audited = conn.execute(text("SELECT count(*) FROM audit_log "
+                                    "WHERE action = 'import_incidents'")).scalar_one()
+    assert grids == 0 and audited == 1
