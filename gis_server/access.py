@@ -152,6 +152,10 @@ def _not_rate_limited() -> bool:
 # storage_uri at redis/memcached for a shared budget.
 limiter = Limiter(get_remote_address, storage_uri="memory://", headers_enabled=True,
                   default_limits=[_public_limit], default_limits_exempt_when=_not_rate_limited)
+# The same test as a request filter: a request it exempts skips Flask-Limiter's per-request
+# resolution of limits altogether (about 0.5 ms of CPU per staff request). Only PUBLIC and
+# APP_KEY routes carry limits (default or decorated), so nothing else changes.
+limiter.request_filter(_not_rate_limited)
 login_manager = LoginManager()
 
 
@@ -187,16 +191,13 @@ def _bearer_principal() -> Principal | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("malformed", "Authorization must be 'Bearer <token>'")
-    from .db import get_db
-    # On the request's own connection (one pool checkout per request); this transaction is
-    # the anonymous one and is committed before the view's transactions, which carry the
-    # authenticated caller's scope.
-    conn = get_db()
-    try:
+    from .db import owner_autocommit
+    # On the request's own connection (one pool checkout per request), as the owner (like
+    # the api_key check and the login form) in autocommit: the check is one statement, so one
+    # round trip; the view's transactions then carry the authenticated caller's scope.
+    with owner_autocommit() as conn:
         return accounts.authenticate_token(conn, token.strip(),
                                            current_app.config["TOKEN_PEPPER"])
-    finally:
-        conn.commit()
 
 
 def _session_principal() -> Principal | None:

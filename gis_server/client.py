@@ -12,19 +12,34 @@ Everything goes through the OGC API – Features items endpoints (``/ogc/collect
 pages are followed through their ``next`` links (keyset cursors, so page 300 is as fast as
 page 1), a tqdm progress bar shows long downloads (total = ``numberMatched``), and the caller's
 token decides scope and personal data (an analyst's token never receives a personal field).
+
+Speed (300,000 buildings): pages are requested as FlatGeobuf (``f=fgb``, 50,000 features a
+page) and read by GDAL's C reader (``pyogrio.read_dataframe``, through Arrow when pyarrow is
+installed) instead of parsing GeoJSON in Python; the next page is requested (from the ``Link``
+header) while the current one is being read, one request at a time, so the order stays the
+keyset order. ``Client(..., encoding="json")`` uses GeoJSON pages instead (same columns).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 
 import geopandas as gpd
 import pandas as pd
 import requests
 
-PAGE_SIZE = 10_000
+PAGE_SIZE = 50_000
 CRS84 = "OGC:CRS84"
+FLATGEOBUF = "application/flatgeobuf"
+
+try:  # Arrow makes pyogrio's reads ~2x faster
+    import pyarrow  # noqa: F401  (imported to know whether it is there)
+    _USE_ARROW = True
+except ImportError:  # pragma: no cover - depends on the environment
+    _USE_ARROW = False
 
 
 class ClientError(RuntimeError):
@@ -51,7 +66,8 @@ def _interval(start, end) -> str | None:
 
 class Client:
     def __init__(self, base_url: str | None = None, token: str | None = None,
-                 progress: bool = True, page_size: int = PAGE_SIZE, timeout: float = 120):
+                 progress: bool = True, page_size: int = PAGE_SIZE, timeout: float = 120,
+                 encoding: str = "fgb"):
         self.base_url = (base_url or os.environ.get("GIS_SERVER_URL") or "").rstrip("/")
         if not self.base_url:
             raise ValueError("base_url is required (or set GIS_SERVER_URL)")
@@ -63,9 +79,12 @@ class Client:
         self.progress = progress
         self.page_size = page_size
         self.timeout = timeout
+        if encoding not in ("fgb", "json"):
+            raise ValueError(f"encoding must be fgb or json, got {encoding!r}")
+        self.encoding = encoding
 
     # --- plumbing ---------------------------------------------------------------------------
-    def _get(self, url: str, params: dict | None = None) -> dict:
+    def _response(self, url: str, params: dict | None = None) -> requests.Response:
         response = self.session.get(url, params=params, timeout=self.timeout)
         if response.status_code != 200:
             try:
@@ -73,7 +92,10 @@ class Client:
             except ValueError:
                 body = response.text
             raise ClientError(response.status_code, body)
-        return json.loads(response.content)
+        return response
+
+    def _get(self, url: str, params: dict | None = None) -> dict:
+        return json.loads(self._response(url, params).content)
 
     def collections(self) -> pd.DataFrame:
         doc = self._get(f"{self.base_url}/ogc/collections")
@@ -88,6 +110,44 @@ class Client:
             query["bbox"] = ",".join(str(v) for v in query["bbox"])
         query.setdefault("limit", self.page_size)
         url = f"{self.base_url}/ogc/collections/{collection}/items"
+        if self.encoding == "json":
+            return self._frame(self._json_features(url, query, collection))
+        query["f"] = "fgb"
+        frames: list[gpd.GeoDataFrame] = []
+        bar = None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._response, url, query)
+            try:
+                while pending is not None:
+                    response = pending.result()
+                    nxt = response.links.get("next", {}).get("url")
+                    returned = int(response.headers.get("OGC-NumberReturned", "0"))
+                    # Ask for the next page now; read this one while the server builds it.
+                    pending = pool.submit(self._response, nxt) if nxt and returned else None
+                    frames.append(self._read_fgb(response.content))
+                    total = int(response.headers.get("OGC-NumberMatched", "0") or 0)
+                    if bar is None and self.progress and total > returned:
+                        from tqdm.auto import tqdm
+                        bar = tqdm(total=total, desc=collection, unit="feature")
+                    if bar is not None:
+                        bar.update(returned)
+            finally:
+                if pending is not None:
+                    pending.cancel()
+                if bar is not None:
+                    bar.close()
+        frames = [f for f in frames if len(f)] or frames[:1]
+        gdf = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        gdf = gpd.GeoDataFrame(gdf, geometry="geometry", crs=CRS84)
+        gdf.index = pd.Index(gdf.pop("fid").astype("int64"), name="fid")
+        return self._typed(gdf)
+
+    @staticmethod
+    def _read_fgb(content: bytes) -> gpd.GeoDataFrame:
+        import pyogrio
+        return pyogrio.read_dataframe(io.BytesIO(content), use_arrow=_USE_ARROW)
+
+    def _json_features(self, url: str, query: dict, collection: str) -> list[dict]:
         features: list[dict] = []
         bar = None
         page = self._get(url, query)
@@ -109,7 +169,7 @@ class Client:
         finally:
             if bar is not None:
                 bar.close()
-        return self._frame(features)
+        return features
 
     @staticmethod
     def _frame(features: list[dict]) -> gpd.GeoDataFrame:
@@ -117,6 +177,10 @@ class Client:
             return gpd.GeoDataFrame({"geometry": []}, geometry="geometry", crs=CRS84)
         gdf = gpd.GeoDataFrame.from_features(features, crs=CRS84)
         gdf.index = pd.Index([f.get("id") for f in features], name="fid")
+        return Client._typed(gdf)
+
+    @staticmethod
+    def _typed(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
         for column in gdf.columns:
             if column.endswith("_at") or column in ("valid_from", "valid_to"):
                 gdf[column] = pd.to_datetime(gdf[column], utc=True, format="ISO8601")
@@ -148,31 +212,21 @@ class Client:
     def latest_positions(self, **filters) -> gpd.GeoDataFrame:
         return self.features("worker_positions", **filters)
 
-    def indicators(self, level: str = "unit", since=None, until=None) -> gpd.GeoDataFrame:
-        """Per-grid indicators computed from the server's data: incidents, closure rate,
-        on-time closure rate and mean handling hours per grid of ``level``."""
-        grids = self.grids(level)
-        incidents = self.incidents(since=since, until=until)
-        prefix = {"district": 6, "street": 9, "community": 12, "unit": 14}[level]
-        out = grids[["code", "name", "geometry"]].copy()
-        if incidents.empty:
-            for column in ("incidents", "closed", "closure_rate", "on_time_rate",
-                           "mean_handling_hours"):
-                out[column] = 0 if column in ("incidents", "closed") else float("nan")
-            return out
-        inc = pd.DataFrame(incidents.drop(columns="geometry"))
-        inc["key"] = inc["grid_code"].str[:prefix]
-        inc["closed"] = inc["closed_at"].notna()
-        due = inc["due_at"].notna() & inc["closed"]
-        inc["on_time"] = (inc["closed_at"] <= inc["due_at"]).where(due)
-        start = inc["dispatched_at"].fillna(inc["reported_at"])
-        inc["handling_hours"] = ((inc["closed_at"] - start).dt.total_seconds() / 3600
-                                 ).where(inc["closed"])
-        agg = inc.groupby("key").agg(incidents=("id", "size"), closed=("closed", "sum"),
-                                     on_time_rate=("on_time", "mean"),
-                                     mean_handling_hours=("handling_hours", "mean"))
-        agg["closure_rate"] = agg["closed"] / agg["incidents"]
-        out["key"] = out["code"].str[:prefix]
-        out = out.merge(agg, how="left", left_on="key", right_index=True).drop(columns="key")
-        out[["incidents", "closed"]] = out[["incidents", "closed"]].fillna(0).astype(int)
-        return out
+    def indicators(self, level: str = "grid", since=None, until=None) -> pd.DataFrame:
+        """The server's assessment indicators (``GET /api/v1/indicators``), ranked: filed,
+        closed, closure rate, on-time closure rate (closed on time / (due − postponed)),
+        rework and extension rates, mean handling hours, composite score.
+
+        ``level``: grid (alias unit), community, street — returned as a GeoDataFrame with the
+        grid geometry — or department, worker (a DataFrame)."""
+        level = "grid" if level == "unit" else level
+        query = {"level": level, "from": _iso(since), "to": _iso(until)}
+        body = self._get(f"{self.base_url}/api/v1/indicators",
+                         {k: v for k, v in query.items() if v is not None})
+        table = pd.DataFrame(body["ranking"])
+        if level not in ("grid", "community", "street"):
+            return table
+        grids = self.grids("unit" if level == "grid" else level)[["code", "geometry"]]
+        if table.empty:
+            return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries([], crs=grids.crs))
+        return grids.merge(table, left_on="code", right_on="key", how="right")

@@ -10,6 +10,8 @@ straight from the engine (loaders, the locate index) run as the owner and see ev
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,7 +25,10 @@ ALEMBIC_INI = Path(__file__).parent / "alembic.ini"
 
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
-    return create_engine(url, pool_size=5, max_overflow=10, pool_pre_ping=True,
+    # Capacity above the threads of a gunicorn worker (serving.WORKER_OPTIONS: 32): each
+    # request holds one connection and may briefly need a second (the locate index check),
+    # so a full worker never waits on its own pool. 2 workers × 64 < max_connections (200).
+    return create_engine(url, pool_size=10, max_overflow=54, pool_pre_ping=True,
                          pool_recycle=3600, connect_args={"connect_timeout": 5})
 
 
@@ -47,6 +52,8 @@ def _scope_each_transaction(conn: Connection) -> None:
     # Runs on BEGIN (SQLAlchemy's "begin" event), before the transaction's first statement;
     # the raw driver call starts the transaction itself, so every transaction of a request
     # connection, including those after a mid-request commit, is scoped.
+    if g.get("db_owner_transaction"):
+        return  # owner_autocommit(): runs as the owner
     from .access import principal
     conn.connection.driver_connection.execute(SCOPE_SQL, (principal().scope,))
 
@@ -60,6 +67,33 @@ def get_db() -> Connection:
         event.listen(conn, "begin", _scope_each_transaction)
         g.db = conn
     return g.db
+
+
+@contextmanager
+def owner_autocommit() -> Iterator[Connection]:
+    """The request's connection, as the owner (not scoped: no RLS), in autocommit: each
+    statement is its own transaction — for a write that is ONE statement and must pass
+    whatever the caller's scope (incident intake: a worker reports just outside their grid),
+    and for the bearer-token check. One round trip per statement instead of BEGIN, scope,
+    statement, COMMIT; no second pool checkout. Back to normal (scoped transactions) when
+    the block ends."""
+    conn = get_db()
+    if conn.in_transaction():
+        raise RuntimeError("owner_autocommit(): commit or roll back the request's "
+                           "transaction first")
+    raw = conn.connection.driver_connection
+    g.db_owner_transaction = True  # the "begin" listener leaves these transactions alone
+    raw.autocommit = True
+    try:
+        yield conn
+        if conn.in_transaction():  # SQLAlchemy's bookkeeping: autocommit sends nothing
+            conn.commit()
+    finally:
+        g.pop("db_owner_transaction", None)
+        if conn.in_transaction():
+            conn.rollback()
+        if not raw.closed:  # (a lost connection is invalidated; the error propagates)
+            raw.autocommit = False
 
 
 def close_db(_exc=None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+# db.engine_for sizes its connection pool for this many threads: change both together.
 WORKER_OPTIONS = ["--worker-class", "gthread", "--threads", "32", "--graceful-timeout", "5"]
 
 

@@ -15,15 +15,16 @@ def scalar(engine, sql, **params):
 
 @pytest.fixture(scope="module")
 def data(engine):
-    """Incidents and positions written straight to the tables (migration 0001 columns)."""
+    """Incidents and positions written straight to the tables (a closed case per grid)."""
     with engine.begin() as conn:
         ids = [r[0] for r in conn.execute(text("""
             INSERT INTO incidents (category, description, geom, source, reporter, status,
-                                   grid_id, reported_at, dispatched_at, due_at, closed_at)
-            SELECT CASE WHEN g.id % 2 = 0 THEN 'street_order' ELSE 'city_appearance' END,
+                                   grid_id, reported_at, filed_at, dispatched_at, due_at,
+                                   closed_at)
+            SELECT CASE WHEN g.id % 2 = 0 THEN 'E0101' ELSE 'E0102' END,
                    'client test', ST_PointOnSurface(g.geom), 'patrol', '李四', 'closed', g.id,
-                   timestamptz '2026-04-01 08:00+00', timestamptz '2026-04-01 09:00+00',
-                   timestamptz '2026-04-01 13:00+00',
+                   timestamptz '2026-04-01 08:00+00', timestamptz '2026-04-01 08:30+00',
+                   timestamptz '2026-04-01 09:00+00', timestamptz '2026-04-01 13:00+00',
                    timestamptz '2026-04-01 09:00+00' + ((g.id % 7) || ' hours')::interval
             FROM grids g WHERE g.level = 'unit' AND g.valid_to IS NULL
             RETURNING id""")).all()]
@@ -69,11 +70,11 @@ def test_buildings_page_transparently(analyst, engine):
 
 
 def test_incidents_filters_and_no_personal_field(analyst, data):
-    inc = analyst.incidents(category="street_order", since="2026-04-01",
+    inc = analyst.incidents(category="E0101", since="2026-04-01",
                             until="2026-04-02")
-    assert len(inc) > 0 and set(inc["category"]) == {"street_order"}
+    assert len(inc) > 0 and set(inc["category"]) == {"E0101"}
     assert not {"reporter", "address", "description"} & set(inc.columns)
-    both = analyst.incidents(category=["street_order", "city_appearance"],
+    both = analyst.incidents(category=["E0101", "E0102"],
                              since="2026-04-01", until="2026-04-02")
     assert len(both) == len(data["incidents"])
     assert str(both["closed_at"].dtype).startswith("datetime64")
@@ -85,11 +86,21 @@ def test_positions_for_a_period(analyst, data):
     assert "name" not in pos.columns and "phone" not in pos.columns
 
 
-def test_indicators(analyst, data, engine):
+def test_indicators(analyst, data, live_server, accounts):
     ind = analyst.indicators("community", since="2026-04-01", until="2026-04-02")
-    assert ind["incidents"].sum() == len(data["incidents"])
-    assert ((ind["on_time_rate"] >= 0) & (ind["on_time_rate"] <= 1)).all()
-    assert (ind["closure_rate"] == 1).all()
+    # the client returns exactly the server's ranking, with the community geometries
+    import requests
+    body = requests.get(f"{live_server}/api/v1/indicators", params={
+        "level": "community", "from": "2026-04-01T00:00:00+00:00",
+        "to": "2026-04-02T00:00:00+00:00"},
+        headers={"Authorization": f"Bearer {accounts['analyst']['token']}"}).json()
+    assert list(ind["key"]) == [r["key"] for r in body["ranking"]]
+    assert ind["filed"].sum() == sum(r["filed"] for r in body["ranking"]) > 0
+    assert ind.geometry.notna().all() and ind.crs is not None
+    assert ((ind["on_time_closure_rate"].dropna() >= 0)
+            & (ind["on_time_closure_rate"].dropna() <= 1)).all()
+    departments = analyst.indicators("department", since="2026-04-01", until="2026-04-02")
+    assert "geometry" not in departments.columns and len(departments) > 0
 
 
 def test_auth_errors(live_server, accounts):
@@ -105,3 +116,32 @@ def test_progress_bar(live_server, accounts, capsys):
     c = Client(live_server, accounts["admin"]["token"], progress=True, page_size=20)
     assert len(c.buildings()) > 20
     assert "buildings" in capsys.readouterr().err
+
+
+def test_flatgeobuf_and_geojson_pages_give_the_same_frames(live_server, accounts, data):
+    """The default (FlatGeobuf pages, prefetched) and encoding="json" agree row for row."""
+    import pandas as pd
+    token = accounts["analyst"]["token"]
+    fgb = Client(live_server, token, progress=False, page_size=30)
+    js = Client(live_server, token, progress=False, page_size=30, encoding="json")
+    assert fgb.encoding == "fgb"
+    for fetch in (lambda c: c.buildings(), lambda c: c.grids("community"),
+                  lambda c: c.incidents(since="2026-04-01", until="2026-04-02")):
+        a, b = fetch(fgb), fetch(js)
+        assert len(a) > 0 and list(a.index) == list(b.index)
+        assert set(a.columns) == set(b.columns)
+        assert a.crs == b.crs
+        assert a.geometry.geom_equals_exact(b.geometry, 1e-7).all()
+        left = pd.DataFrame(a.drop(columns="geometry"))
+        right = pd.DataFrame(b.drop(columns="geometry"))[list(left.columns)]
+        for column in left.columns:  # missing values: NaN/NaT (FlatGeobuf) or None (JSON)
+            missing = left[column].isna()
+            assert (missing == right[column].isna()).all(), column
+            got, want = left[column][~missing], right[column][~missing]
+            if str(got.dtype).startswith("datetime64"):  # FlatGeobuf (GDAL): milliseconds
+                assert str(want.dtype).startswith("datetime64"), column
+                assert ((got - want).abs() <= pd.Timedelta(milliseconds=1)).all(), column
+            else:
+                assert list(got) == list(want), column
+    with pytest.raises(ValueError):
+        Client(live_server, token, encoding="xml")

@@ -225,6 +225,65 @@ def test_intake_roles(client_as, units):
         assert post(client_as(role), lon=lon, lat=lat).status_code == want, role
 
 
+def test_intake_body_is_the_detail(client_as, units, accounts, engine):
+    """The 201 body is built from the INSERT's own row (nothing is read back): it must be
+    what GET answers, for every personal-data mode, with flags, timeline and timestamps."""
+    codes, geoms = units
+    # a vertex shared by two grids: flags on_boundary + candidates
+    x, y = next((x, y) for g in geoms
+                for x, y in (g.geoms[0].exterior.coords if g.geom_type == "MultiPolygon"
+                             else g.exterior.coords) if len(oracle(units, x, y)) >= 2)
+    for role in ("command_center", "admin"):
+        c = client_as(role)
+        first = post(c, lon=x, lat=y, reporter="王小明", reporter_contact="13800001111",
+                     address="某路1号", attributes={}, media_url="https://example.org/a.jpg")
+        assert first.status_code == 201, first.json
+        dup = post(c, lon=x, lat=y)
+        for r in (first, dup):
+            body = r.json
+            got = c.get(f"/api/v1/incidents/{body['id']}")
+            assert got.status_code == 200
+            extra = {k: body.pop(k) for k in ("deadline_if_dispatched_now",
+                                              "possible_duplicates")}
+            assert body == got.json, role
+            assert r.headers["ETag"] == got.headers["ETag"] == '"1"'
+            assert extra["possible_duplicates"] == body["flags"].get("possible_duplicates",
+                                                                     [])
+        assert first.json["flags"]["on_boundary"] is True
+        assert first.json["id"] in [d["id"] for d in dup.json["flags"]["possible_duplicates"]]
+        assert dup.json["timeline"][0]["data"]["on_boundary"] is True
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT username, role, endpoint, detail FROM audit_log "
+                                "WHERE action = 'create_incident' AND object_id = :i"),
+                           {"i": str(dup.json["id"])}).one()
+    assert row.username == accounts["admin"]["user"]["username"] and row.role == "admin"
+    assert row.endpoint == "incidents.create_incident"
+    assert row.detail == {"category": "E0101", "source": "patrol"}
+
+
+def test_owner_autocommit_then_scoped_again(app, accounts):
+    """db.owner_autocommit(): the block runs as the owner in autocommit; afterwards the
+    request connection's transactions are scoped (gis_app, the caller's scope) again."""
+    from flask import g
+
+    from gis_server.db import get_db, owner_autocommit
+    who = Principal(user_id=None, username="t", role="grid_worker",
+                    scope_code=accounts["grid_worker"]["scope"])
+    with app.test_request_context("/"):
+        g.principal = who
+        with owner_autocommit() as conn:
+            assert conn.execute(text("SELECT current_user <> 'gis_app'")).scalar() is True
+            assert conn.connection.driver_connection.autocommit is True
+        conn = get_db()
+        assert conn.connection.driver_connection.autocommit is False
+        row = conn.execute(text("SELECT current_user, current_setting('gis.scope', true)")).one()
+        assert tuple(row) == ("gis_app", "scope:" + who.scope)
+        with pytest.raises(RuntimeError):
+            with owner_autocommit():
+                pass
+        conn.rollback()
+
+
 # -- the closed loop --------------------------------------------------------------------------
 def make(engine, app, units, state: str, code_index: int = 0) -> int:
     """An incident driven to ``state`` through the core functions (setup for HTTP tests)."""

@@ -20,7 +20,8 @@ def rows(engine, sql, **params):
 
 
 class Workers:
-    """Grid admins of distinct unit grids, each used by one test (no shared history)."""
+    """Grid admins (then volunteers: the notebook data walks the grid admins) of distinct
+    unit grids, each used by one test (no shared history)."""
 
     def __init__(self, engine):
         self.engine = engine
@@ -32,11 +33,12 @@ class Workers:
                    ST_X(ST_PointOnSurface(g.geom)) AS x, ST_Y(ST_PointOnSurface(g.geom)) AS y
             FROM workers w JOIN worker_grids wg ON wg.worker_id = w.id
             JOIN grids g ON g.code = wg.grid_code AND g.valid_to IS NULL
-            WHERE w.role = 'grid_admin' AND wg.grid_code LIKE :p || '%'
+            WHERE w.role IN ('grid_admin', 'volunteer') AND wg.grid_code LIKE :p || '%'
               AND w.id <> ALL(:used)
               AND NOT EXISTS (SELECT 1 FROM positions p WHERE p.worker_id = w.id)
               AND NOT EXISTS (SELECT 1 FROM latest_positions l WHERE l.worker_id = w.id)
-            ORDER BY md5(w.id::text) LIMIT 1""", p=unit_prefix, used=self.used)[0]
+            ORDER BY w.role <> 'grid_admin', md5(w.id::text) LIMIT 1""",
+                 p=unit_prefix, used=self.used)[0]
         self.used.append(w.id)
         return w
 
@@ -343,3 +345,78 @@ def test_single_fix_jump_is_refused_and_counted(app, engine, workers):
     assert latest(engine, w.id).recorded_at == t and len(history(engine, w.id)) == 1
     assert rows(engine, "SELECT sum(count) FROM position_rejections WHERE worker_id = :w "
                         "AND reason = 'impossible_speed'", w=w.id)[0][0] == 1
+
+
+# -- write-path performance measures (migration 0009, OsmandFastPath) -------------------------
+def test_known_device_fix_skips_flask_and_answers_like_the_view(app, engine, workers,
+                                                                 monkeypatch):
+    from gis_server.web import positions as web
+    w = workers.next()
+    anon = app.test_client()
+    t = now() - timedelta(minutes=40)
+    first = osmand(anon, w.device_id, w.y, w.x, t)  # (creates this process's writer)
+    assert first.headers["X-Positions-Accepted"] == "1"
+    calls = []
+    original = app.wsgi_app.wsgi_app
+    monkeypatch.setattr(app.wsgi_app, "wsgi_app",
+                        lambda environ, start: calls.append(environ["PATH_INFO"])
+                        or original(environ, start))
+    r = osmand(anon, w.device_id, w.y + 1e-5, w.x, t + timedelta(seconds=10), batt=40,
+               note='say "hi" \\ 网格')
+    assert isinstance(app.wsgi_app, web.OsmandFastPath) and calls == []
+    assert r.status_code == 200 and r.data == b""
+    assert r.mimetype == "text/plain"
+    assert (r.headers["X-Positions-Accepted"], r.headers["X-Positions-Duplicates"],
+            r.headers["X-Positions-Rejected"]) == ("1", "0", "0")
+    # the attribute (quotes, backslash, CJK) is stored verbatim
+    got = latest(engine, w.id)
+    assert got.battery == 40 and got.attributes == {"note": 'say "hi" \\ 网格'}
+    dup = osmand(anon, w.device_id, w.y + 1e-5, w.x, t + timedelta(seconds=10))
+    assert dup.headers["X-Positions-Duplicates"] == "1" and calls == []
+    # errors and unknown devices still go to the Flask view (same answers as before)
+    bad = anon.get("/track/osmand", query_string={"id": w.device_id, "lat": "north",
+                                                  "lon": w.x})
+    assert bad.status_code == 400 and bad.json["field"] == "lat"
+    unknown = anon.get("/track/osmand", query_string={"id": "no-such-phone", "lat": w.y,
+                                                      "lon": w.x})
+    assert unknown.status_code == 400 and unknown.json["error"] == "unknown_device"
+    assert calls == ["/track/osmand", "/track/osmand"]
+
+
+def test_batch_fast_parse_matches_the_general_parser(client, engine, workers):
+    from gis_server.core.osmand import _fast_batch_item, parse_query
+    w = workers.next()
+    t = now() - timedelta(minutes=30)
+    item = {"device_id": w.device_id, "lat": w.y, "lon": w.x, "timestamp": int(t.timestamp()),
+            "speed": 2, "bearing": 90.5, "altitude": 41, "accuracy": 7, "batt": 80}
+    fast = _fast_batch_item(item)
+    general = parse_query({("id" if k == "device_id" else k): str(v) for k, v in item.items()})
+    assert fast == general
+    # anything unusual takes the general path (which names the field of an error)
+    assert _fast_batch_item({**item, "lat": "39.9"}) is None
+    assert _fast_batch_item({**item, "hdop": 1}) is None
+    assert _fast_batch_item({**item, "lat": 91}) is None
+    r = client.post("/api/v1/positions", json={"positions": [item, {**item, "lat": 91}]})
+    assert r.status_code == 400 and r.json["field"] == "positions[1].lat"
+    extra = {**item, "timestamp": int(t.timestamp()) + 60, "note": 'a "b" \\ c'}
+    body = client.post("/api/v1/positions", json={"positions": [item, extra]}).json
+    assert body["accepted"] == 2
+    stored = rows(engine, "SELECT speed, bearing, altitude, accuracy, battery, attributes "
+                          "FROM positions WHERE worker_id = :w ORDER BY recorded_at", w=w.id)
+    assert stored[0][:5] == (general.speed, 90.5, 41, 7, 80) and stored[0][5] is None
+    assert stored[1][5] == {"note": 'a "b" \\ c'}
+
+
+def test_deleting_a_worker_deletes_their_history(engine, workers, client):
+    w = workers.next()
+    t = now() - timedelta(minutes=25)
+    fixes = [{"id": w.device_id, "lat": w.y, "lon": w.x, "timestamp": int(t.timestamp()) + i}
+             for i in range(3)]
+    assert client.post("/api/v1/positions", json={"positions": fixes}).json["accepted"] == 3
+    with engine.connect() as conn:  # (rolled back: the worker stays for other tests)
+        conn.execute(text("DELETE FROM position_events WHERE worker_id = :w"), {"w": w.id})
+        conn.execute(text("DELETE FROM workers WHERE id = :w"), {"w": w.id})
+        left = conn.execute(text("SELECT count(*) FROM positions WHERE worker_id = :w"),
+                            {"w": w.id}).scalar()
+        conn.rollback()
+    assert left == 0 and len(history(engine, w.id)) == 3

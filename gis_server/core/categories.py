@@ -4,7 +4,8 @@
 subclasses; each subclass has a code (also its Open311 ``service_code``), a name, the code of
 the department it is dispatched to, a time limit in working hours (``"4h"``) or working days
 (``"20d"``), optional keywords and optional Open311 attributes (the service definition).
-The file is validated when read and re-read when it changes.
+The file is validated when read and re-read when it changes (its mtime is checked at most
+once a second).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from time import monotonic
 
 from ..pgcluster import PROJECT_ROOT
 from .workcalendar import UNITS, parse_limit
@@ -96,6 +98,18 @@ def _load(path: str, mtime: float) -> dict[str, Category]:
     return from_dict(tomllib.loads(Path(path).read_text(encoding="utf-8")))
 
 
+# The file's mtime is looked at most once per RECHECK_S per path (a request asks several
+# times; a stat each time showed in the intake profile).
+RECHECK_S = 1.0
+_checked: dict[str, tuple[float, dict[str, Category]]] = {}
+
+
 def load(path: str | Path | None = None) -> dict[str, Category]:
-    p = Path(path) if path else categories_file()
-    return _load(str(p), p.stat().st_mtime)
+    key = str(path) if path else os.environ.get("GIS_CATEGORIES_FILE", str(DEFAULT_FILE))
+    hit = _checked.get(key)
+    now = monotonic()
+    if hit is not None and now - hit[0] < RECHECK_S:
+        return hit[1]
+    table = _load(key, Path(key).stat().st_mtime)
+    _checked[key] = (now, table)
+    return table

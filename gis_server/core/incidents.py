@@ -248,7 +248,7 @@ def route(conn: Connection, index: GridIndex, lon: float, lat: float,
 
 
 # -- intake --------------------------------------------------------------------------------
-INSERT_SQL = """
+_INSERT_CTES = """
 WITH pt AS (SELECT ST_SetSRID(ST_MakePoint(:lon, :lat), 4326) AS pt),
 g AS (SELECT id FROM grids WHERE code = :code AND valid_to IS NULL),
 d AS (SELECT id FROM departments WHERE code = :dept),
@@ -286,26 +286,47 @@ ins AS (
                                    FROM dup)) ELSE '{}'::jsonb END,
            CAST(:attributes AS jsonb), :media_url, :photo_path, :photo_sha256, :token
     FROM pt
-    RETURNING id),
+    RETURNING *),
 ev AS (
     INSERT INTO incident_events (incident_id, at, actor, action, from_state, to_state, data)
-    SELECT id, :now, :actor, 'report', NULL, 'reported', CAST(:evdata AS jsonb) FROM ins)
-SELECT id FROM ins
+    SELECT id, :now, :actor, 'report', NULL, 'reported', CAST(:evdata AS jsonb) FROM ins
+    RETURNING data)
 """
+INSERT_SQL = text(_INSERT_CTES + "SELECT id FROM ins")
+
+# Intake in one statement (one round trip): the incident, its first event, the audit row (the
+# columns gis_server.core.audit.record writes) and the 201 body's row — the new incident with
+# its grid chain, department and assignee, as one jsonb value (one column: cheap to decode).
+INTAKE_SQL = text(_INSERT_CTES + """,
+au AS (
+    INSERT INTO audit_log (user_id, username, role, action, object_type, object_id,
+                           remote_addr, endpoint, detail)
+    SELECT :audit_uid, :actor, :audit_role, 'create_incident', 'incident', id::text,
+           :audit_addr, :audit_endpoint, CAST(:audit_detail AS jsonb) FROM ins)
+SELECT to_jsonb(i) - 'geom' || jsonb_build_object(
+           'grid_code', u.code, 'grid_name', u.name, 'community_code', c.code,
+           'community_name', c.name, 'street_code', s.code, 'street_name', s.name,
+           'department_code', d.code, 'department_name', d.name, 'assignee_name', w.name,
+           'assignee_role', w.role, 'assignee_phone', w.phone,
+           'event_data', (SELECT data FROM ev)) AS row,
+       ST_X(i.geom) AS lon, ST_Y(i.geom) AS lat
+FROM ins i
+LEFT JOIN grids u ON u.id = i.grid_id
+LEFT JOIN grids c ON c.id = u.parent_id
+LEFT JOIN grids s ON s.id = c.parent_id
+LEFT JOIN departments d ON d.id = i.department_id
+LEFT JOIN workers w ON w.id = i.assignee_id
+""")
 
 
-def create_incident(conn: Connection, index: GridIndex, who: Principal, *, category: str,
-                    description, lon: float, lat: float, address: str | None = None,
-                    source: str = "patrol", reporter=None, reporter_contact=None,
-                    attributes: dict | None = None, media_url: str | None = None,
-                    photo: dict | None = None, open311_token: str | None = None,
-                    fallback_m: float = 200.0, now: datetime | None = None,
-                    fields: dict | None = None) -> int:
-    """Validate, route and insert one incident (+ its first event) on ``conn``; return its id.
-
-    The caller commits (together with its audit row). ``photo``: {path, sha256} of a stored
-    upload. ``fields`` renames fields in error messages (Open311 names).
-    """
+def _intake_params(conn: Connection, index: GridIndex, who: Principal, *, category: str,
+                   description, lon: float, lat: float, address: str | None = None,
+                   source: str = "patrol", reporter=None, reporter_contact=None,
+                   attributes: dict | None = None, media_url: str | None = None,
+                   photo: dict | None = None, open311_token: str | None = None,
+                   fallback_m: float = 200.0, now: datetime | None = None,
+                   fields: dict | None = None) -> dict:
+    """Validate and route; the bind parameters of :data:`INSERT_SQL` / :data:`INTAKE_SQL`."""
     fields = fields or {}
     cat = category_of(category, fields.get("category", "category"))
     desc = _text(description, fields.get("description", "description"), MAX_DESCRIPTION,
@@ -327,7 +348,7 @@ def create_incident(conn: Connection, index: GridIndex, who: Principal, *, categ
         flags.update(fallback=True, fallback_distance_m=hit["distance_m"])
     now = now or datetime.now(timezone.utc)
     deg = DUPLICATE_RADIUS_M / 111_320 / max(0.01, math.cos(math.radians(lat))) * 1.01
-    incident_id = conn.execute(text(INSERT_SQL), {
+    return {
         "lon": lon, "lat": lat, "code": hit["code"], "dept": cat.department,
         "fresh": now - POSITION_FRESH, "category": cat.code, "description": desc,
         "address": address, "source": source, "reporter": reporter,
@@ -337,8 +358,39 @@ def create_incident(conn: Connection, index: GridIndex, who: Principal, *, categ
         "media_url": media_url, "photo_path": (photo or {}).get("path"),
         "photo_sha256": (photo or {}).get("sha256"), "token": open311_token,
         "actor": who.username, "evdata": json.dumps({"grid": hit["code"], **flags}),
-    }).scalar_one()
-    return incident_id
+    }
+
+
+def create_incident(conn: Connection, index: GridIndex, who: Principal, **values) -> int:
+    """Validate, route and insert one incident (+ its first event) on ``conn``; return its id.
+
+    The caller commits (together with its audit row). ``photo``: {path, sha256} of a stored
+    upload. ``fields`` renames fields in error messages (Open311 names). Keyword arguments:
+    see :func:`_intake_params`.
+    """
+    return conn.execute(INSERT_SQL, _intake_params(conn, index, who, **values)).scalar_one()
+
+
+def intake(conn: Connection, index: GridIndex, who: Principal, *, audit: dict,
+           mode: str = "unmasked", **values) -> dict:
+    """:func:`create_incident`, its audit row and the incident as :func:`get_incident` shows
+    it, in one statement (nothing is read back). The caller commits.
+
+    ``audit``: {"remote_addr", "endpoint", "detail"} of the audit row (action
+    ``create_incident``, the caller's identity from ``who``)."""
+    p = _intake_params(conn, index, who, **values)
+    p.update(audit_uid=who.user_id, audit_role=who.role, audit_addr=audit.get("remote_addr"),
+             audit_endpoint=audit.get("endpoint"),
+             audit_detail=json.dumps(audit.get("detail") or {}, ensure_ascii=False))
+    row = conn.execute(INTAKE_SQL, p).one()
+    r = row.row
+    r["lon"], r["lat"] = row.lon, row.lat
+    for key in TIMESTAMPS:  # jsonb spells them its own way: as the detail does
+        if isinstance(r.get(key), str):
+            r[key] = datetime.fromisoformat(r[key])
+    timeline = [{"at": _iso(p["now"]), "actor": who.username, "action": "report",
+                 "from": None, "to": "reported", "note": None, "data": r.pop("event_data")}]
+    return personal(_detail(r, timeline, who.role, p["now"]), mode)
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -356,6 +408,15 @@ LEFT JOIN departments d ON d.id = i.department_id
 LEFT JOIN workers w ON w.id = i.assignee_id
 WHERE i.id = :id
 """
+DETAIL = text(DETAIL_SQL)
+DETAIL_FOR_UPDATE = text(DETAIL_SQL + " FOR UPDATE OF i")
+EVENTS = text("""
+    SELECT id, at, actor, action, from_state, to_state, note, data
+    FROM incident_events WHERE incident_id = :id ORDER BY at, id
+""")
+# The incidents' timestamp columns (jsonb gives them as text).
+TIMESTAMPS = ("reported_at", "filed_at", "dispatched_at", "due_at", "closed_at",
+              "updated_at", "started_at", "feedback_at", "evaluated_at", "escalated_at")
 
 
 def _iso(value):
@@ -375,19 +436,22 @@ def get_incident(conn: Connection, incident_id: int, mode: str = "unmasked",
                  for_update: bool = False) -> dict:
     """The incident with its grid, department, assignee, deadline and timeline (404 if not
     visible). ``mode``: personal-data mode of the caller (unmasked / masked / removed)."""
-    row = conn.execute(text(DETAIL_SQL + (" FOR UPDATE OF i" if for_update else "")),
+    row = conn.execute(DETAIL_FOR_UPDATE if for_update else DETAIL,
                        {"id": incident_id}).one_or_none()
     if row is None:
         raise not_found("incident", incident_id)
-    r = row._mapping
-    now = now or datetime.now(timezone.utc)
-    table = cats.load()
-    cat = table.get(r["category"])
-    events = conn.execute(text("""
-        SELECT id, at, actor, action, from_state, to_state, note, data
-        FROM incident_events WHERE incident_id = :id ORDER BY at, id
-    """), {"id": incident_id}).all()
-    out = {
+    events = conn.execute(EVENTS, {"id": incident_id}).all()
+    timeline = [{"at": _iso(e.at), "actor": e.actor, "action": e.action,
+                 "from": e.from_state, "to": e.to_state, "note": e.note, "data": e.data}
+                for e in events]
+    return personal(_detail(row._mapping, timeline, role, now or datetime.now(timezone.utc)),
+                    mode)
+
+
+def _detail(r, timeline: list[dict], role: str | None, now: datetime) -> dict:
+    """The incident's answer from its row (DETAIL_SQL's columns) and its timeline."""
+    cat = cats.load().get(r["category"])
+    return {
         "id": r["id"], "status": r["status"],
         "status_notes": STATUS_NOTES.get(r["status"]),
         "category": cat.to_dict() if cat else {"code": r["category"]},
@@ -416,11 +480,8 @@ def get_incident(conn: Connection, incident_id: int, mode: str = "unmasked",
         "photo": {"sha256": r["photo_sha256"]} if r["photo_sha256"] else None,
         "version": r["version"],
         "allowed_actions": allowed_actions(r["status"], role),
-        "timeline": [{"at": _iso(e.at), "actor": e.actor, "action": e.action,
-                      "from": e.from_state, "to": e.to_state, "note": e.note,
-                      "data": e.data} for e in events],
+        "timeline": timeline,
     }
-    return personal(out, mode)
 
 
 def personal(incident: dict, mode: str) -> dict:

@@ -226,8 +226,58 @@ def parse_json(body) -> Fix:
     return fix
 
 
+# The usual shape of a batch element: flat, a device id, numbers only.
+_FAST_KEYS = frozenset({"id", "device_id", "lat", "lon", "timestamp", "speed", "bearing",
+                        "altitude", "accuracy", "batt"})
+_FAST_NUMBERS = ("speed", "bearing", "altitude", "accuracy", "batt")
+
+
+def _fast_batch_item(item: dict) -> Fix | None:
+    """``parse_query``'s result for the common flat element, or None (then the general
+    parser decides, and names the field of any error)."""
+    if not _FAST_KEYS.issuperset(item) or ("id" in item and "device_id" in item):
+        return None
+    device = item.get("id", item.get("device_id"))
+    lat, lon = item.get("lat"), item.get("lon")
+    if (type(device) is not str or type(lat) not in (int, float)
+            or type(lon) not in (int, float)):
+        return None
+    device = device.strip()
+    lat, lon = float(lat), float(lon)
+    if not device or not (-90 <= lat <= 90 and -180 <= lon <= 180):  # (NaN fails too)
+        return None
+    values = []
+    for name in _FAST_NUMBERS:
+        v = item.get(name)
+        if v is not None:
+            if type(v) not in (int, float):
+                return None
+            v = float(v)
+            if not math.isfinite(v):
+                return None
+        values.append(v)
+    ts = item.get("timestamp")
+    if ts is None or ts == "":
+        at = None
+    elif type(ts) in (int, str):
+        try:
+            at = parse_time(ts)
+        except APIError:
+            return None
+    else:
+        return None
+    speed, bearing, altitude, accuracy, battery = values
+    return Fix(device_id=device, recorded_at=at, lat=lat, lon=lon,
+               speed=None if speed is None else speed * KNOT_MS, bearing=bearing,
+               altitude=altitude, accuracy=accuracy, battery=battery)
+
+
 def parse_batch_item(item, index: int) -> Fix:
     """One element of ``POST /api/v1/positions``: either form (flat or the JSON variant)."""
+    if type(item) is dict:
+        fix = _fast_batch_item(item)
+        if fix is not None:
+            return fix
     where = f"positions[{index}]"
     if not isinstance(item, dict):
         raise bad_param(where, f"{where} must be an object")

@@ -185,17 +185,22 @@ def _speed_filter(wid, t, lon, lat, ok, latest: dict, max_speed: float) -> np.nd
 
 INGEST_SQL = """
 WITH b AS (
-    SELECT * FROM unnest(CAST(:w AS int[]), CAST(:t AS timestamptz[]), CAST(:lon AS float8[]),
-                         CAST(:lat AS float8[]), CAST(:speed AS float8[]),
-                         CAST(:bearing AS float8[]), CAST(:alt AS float8[]),
-                         CAST(:acc AS float8[]), CAST(:batt AS float8[]),
-                         CAST(:code AS text[]), CAST(:attrs AS jsonb[]), CAST(:idx AS int[]))
-        AS b(worker_id, recorded_at, lon, lat, speed, bearing, altitude, accuracy, battery,
+    -- (arrays arrive as literals, times as microseconds since the epoch: see _pg_array)
+    SELECT u.worker_id, timestamptz 'epoch' + u.t_us * interval '1 microsecond' AS recorded_at,
+           u.lon, u.lat, u.speed, u.bearing, u.altitude, u.accuracy, u.battery, u.code,
+           u.attributes, u.idx
+    FROM unnest(CAST(:w AS int[]), CAST(:t AS bigint[]), CAST(:lon AS float8[]),
+                CAST(:lat AS float8[]), CAST(:speed AS float8[]),
+                CAST(:bearing AS float8[]), CAST(:alt AS float8[]),
+                CAST(:acc AS float8[]), CAST(:batt AS float8[]),
+                CAST(:code AS text[]), CAST(:attrs AS jsonb[]), CAST(:idx AS int[]))
+        AS u(worker_id, t_us, lon, lat, speed, bearing, altitude, accuracy, battery,
              code, attributes, idx)
 ), checked AS (
     -- impossible speed from the stored latest fix (older ones only); within a batch the
     -- caller has already checked each fix against its predecessor
     SELECT b.*, ST_SetSRID(ST_MakePoint(b.lon, b.lat), 4326) AS geom,
+           lp0.in_assigned AS was_in, lp0.state AS was_state,
            coalesce(lp0.recorded_at < b.recorded_at
                     AND ST_DistanceSphere(lp0.geom, ST_SetSRID(ST_MakePoint(b.lon, b.lat), 4326))
                         > :max_speed * extract(epoch FROM b.recorded_at - lp0.recorded_at) + 1,
@@ -227,9 +232,6 @@ WITH b AS (
     SELECT DISTINCT ON (bg.worker_id) bg.*
     FROM bg JOIN ins ON ins.worker_id = bg.worker_id AND ins.recorded_at = bg.recorded_at
     ORDER BY bg.worker_id, bg.recorded_at DESC
-), old AS (
-    SELECT lp.worker_id, lp.in_assigned, lp.state
-    FROM latest_positions lp WHERE lp.worker_id IN (SELECT worker_id FROM newest)
 ), up AS (
     INSERT INTO latest_positions AS lp (worker_id, recorded_at, received_at, geom, speed,
                                         bearing, accuracy, battery, grid_id, altitude,
@@ -257,8 +259,9 @@ WITH b AS (
     RETURNING lp.worker_id, lp.recorded_at, lp.geom, lp.in_assigned, lp.speed, lp.battery,
               lp.state
 ), moved AS (
-    SELECT up.*, n.code, o.in_assigned AS was_in, o.state AS was_state
-    FROM up JOIN newest n USING (worker_id) LEFT JOIN old o USING (worker_id)
+    -- (was_in / was_state: the worker's latest row as this statement found it)
+    SELECT up.*, n.code, n.was_in, n.was_state
+    FROM up JOIN newest n USING (worker_id)
 ), ev AS (
     INSERT INTO position_events (worker_id, kind, at, grid_code, geom, data)
     SELECT worker_id, kind, recorded_at, code, geom, '{}'::jsonb FROM (
@@ -325,6 +328,40 @@ def count_rejections(conn: Connection, rejections: Counter, tz=timezone.utc) -> 
         "n": [agg[k] for k in keys]})
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def _pg_array(values) -> str:
+    """A PostgreSQL array literal of numbers (``None`` → NULL). psycopg adapts a list
+    parameter element by element in Python; one ``join`` is ~10x cheaper for 10^4 fixes."""
+    if None not in values:
+        return "{" + ",".join(map(repr, values)) + "}"
+    return "{" + ",".join(["NULL" if v is None else repr(v) for v in values]) + "}"
+
+
+def _pg_text_array(values) -> str:
+    """A PostgreSQL array literal of strings (``None`` → NULL), quoted and escaped."""
+    return "{" + ",".join([
+        "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for v in values]) + "}"
+
+
+def _latest(conn: Connection, wids: np.ndarray) -> dict[int, tuple[float, float, float]]:
+    """worker id → (epoch seconds, lon, lat) of the stored latest fix, read as one text
+    value (no per-row fetch and datetime conversion)."""
+    packed = conn.execute(text(
+        "SELECT string_agg(concat_ws(' ', worker_id, extract(epoch FROM recorded_at), "
+        "ST_X(geom), ST_Y(geom)), ' ') FROM latest_positions "
+        "WHERE worker_id = ANY(CAST(:w AS int[]))"),
+        {"w": _pg_array(np.unique(wids).tolist())}).scalar()
+    if not packed:
+        return {}
+    a = np.array(packed.split(" "), dtype=float).reshape(-1, 4)
+    return dict(zip(a[:, 0].astype(np.int64).tolist(),
+                    zip(a[:, 1].tolist(), a[:, 2].tolist(), a[:, 3].tolist())))
+
+
 def ensure_partitions(conn: Connection, engine: Engine, times) -> None:
     tz = DEVICES.timezone(engine)
     days = {t.astimezone(tz).date() for t in times}
@@ -365,10 +402,11 @@ def ingest(conn: Connection, engine: Engine, fixes: list[Fix], index, rules: Rul
     if keep:
         wids = np.array([w for w, _ in keep], dtype=np.int64)
         latest = {}
-        if len(keep) > 1 or keep[0][1].lat is None:  # a single fix is checked in SQL
-            latest = {r[0]: (r[1].timestamp(), r[2], r[3]) for r in conn.execute(text(
-                "SELECT worker_id, recorded_at, ST_X(geom), ST_Y(geom) FROM latest_positions "
-                "WHERE worker_id = ANY(:w)"), {"w": sorted(set(wids.tolist()))})}
+        # Each fix is checked against the stored latest one in SQL; Python needs it only
+        # to chain a worker's several fixes in this batch, or to place a fix without
+        # coordinates.
+        if len(np.unique(wids)) < len(wids) or any(f.lat is None for _, f in keep):
+            latest = _latest(conn, wids)
         # A fix without coordinates takes the last known location (as in Traccar).
         for i, (wid, fix) in enumerate(keep):
             if fix.lat is None and wid in latest:
@@ -393,19 +431,22 @@ def ingest(conn: Connection, engine: Engine, fixes: list[Fix], index, rules: Rul
         ok = np.flatnonzero(reason == None)  # noqa: E711
         if len(ok):
             codes = index.route_points(lon[ok], lat[ok])
-            ensure_partitions(conn, engine, [times[i] for i in ok])
+            ensure_partitions(conn, engine, [times[i] for i in ok.tolist()])
+            okl = ok.tolist()
+            fx = [keep[i][1] for i in okl]
             row = conn.execute(text(INGEST_SQL), {
-                "w": wids[ok].tolist(), "t": [times[i] for i in ok],
-                "lon": lon[ok].tolist(), "lat": lat[ok].tolist(),
-                "speed": [keep[i][1].speed for i in ok],
-                "bearing": [keep[i][1].bearing for i in ok],
-                "alt": [keep[i][1].altitude for i in ok],
-                "acc": [keep[i][1].accuracy for i in ok],
-                "batt": [keep[i][1].battery for i in ok],
-                "code": [None if c is None else str(c) for c in codes],
-                "attrs": [json.dumps(keep[i][1].attributes) if keep[i][1].attributes else None
-                          for i in ok],
-                "idx": [keep_pos[i] for i in ok],
+                "w": _pg_array(wids[ok].tolist()),
+                "t": _pg_array([(times[i] - EPOCH) // MICROSECOND for i in okl]),
+                "lon": _pg_array(lon[ok].tolist()), "lat": _pg_array(lat[ok].tolist()),
+                "speed": _pg_array([f.speed for f in fx]),
+                "bearing": _pg_array([f.bearing for f in fx]),
+                "alt": _pg_array([f.altitude for f in fx]),
+                "acc": _pg_array([f.accuracy for f in fx]),
+                "batt": _pg_array([f.battery for f in fx]),
+                "code": _pg_text_array([None if c is None else str(c) for c in codes]),
+                "attrs": _pg_text_array([json.dumps(f.attributes) if f.attributes else None
+                                         for f in fx]),
+                "idx": _pg_array([keep_pos[i] for i in okl]),
                 "stop_r": rules.stop_radius_m, "channel": CHANNEL, "chunk": NOTIFY_CHUNK,
                 "echunk": EVENT_CHUNK, "max_speed": rules.max_speed_ms,
             }).one()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
+from time import monotonic
 from zoneinfo import ZoneInfo
 
 from ..pgcluster import PROJECT_ROOT
@@ -161,9 +162,19 @@ def _load(path: str, mtime: float) -> WorkCalendar:
     return from_dict(tomllib.loads(Path(path).read_text(encoding="utf-8")))
 
 
+# The file is looked at most once per RECHECK_S per path (see categories.load).
+RECHECK_S = 1.0
+_checked: dict[str, tuple[float, WorkCalendar]] = {}
+
+
 def load(path: str | Path | None = None) -> WorkCalendar:
     """The calendar file (re-read when it changes); the built-in default when there is none."""
-    p = Path(path) if path else calendar_file()
-    if not p.exists():
-        return WorkCalendar()
-    return _load(str(p), p.stat().st_mtime)
+    key = str(path) if path else os.environ.get("GIS_CALENDAR_FILE", str(DEFAULT_FILE))
+    hit = _checked.get(key)
+    now = monotonic()
+    if hit is not None and now - hit[0] < RECHECK_S:
+        return hit[1]
+    p = Path(key)
+    cal = _load(key, p.stat().st_mtime) if p.exists() else WorkCalendar()
+    _checked[key] = (now, cal)
+    return cal

@@ -13,7 +13,7 @@ from ..core import indicators as ind
 from ..core import params, photos, workcalendar
 from ..core.accounts import scope_prefix
 from ..core.privacy import mask_name
-from ..db import get_db, get_engine
+from ..db import get_db, get_engine, owner_autocommit
 from ..errors import APIError, bad_param
 from . import geojson
 
@@ -62,23 +62,26 @@ def create_incident():
     if upload is not None:
         stored = photos.stage(upload.stream.read(photos.max_bytes() + 1), "photo")
     try:
-        with get_engine().begin() as conn:
+        # As the owner (not scoped by RLS): a worker may report just outside their own grid.
+        # One statement writes incident, first event and audit row (atomic on its own, so in
+        # autocommit: one round trip); the location lookups before it only read.
+        with owner_autocommit() as conn:
             lon, lat, address = core.resolve_location(
                 conn, loc.get("lon", body.get("lon")), loc.get("lat", body.get("lat")),
                 body.get("building_id"), body.get("address"))
             category = core.category_of(body.get("category"))
             attributes = core.validate_attributes(category, body.get("attributes"))
-            incident_id = core.create_incident(
+            source = body.get("source") or "patrol"
+            incident = core.intake(
                 conn, grid_index(), who, category=category.code,
                 description=body.get("description"), lon=lon, lat=lat, address=address,
-                source=body.get("source") or "patrol", reporter=body.get("reporter"),
+                source=source, reporter=body.get("reporter"),
                 reporter_contact=body.get("reporter_contact"), attributes=attributes,
                 media_url=body.get("media_url"), photo=stored and stored.info,
-                fallback_m=fallback_m())
-            audit("create_incident", "incident", incident_id,
-                  {"category": category.code, "source": body.get("source") or "patrol"},
-                  conn=conn)
-            incident = core.get_incident(conn, incident_id, personal_data_mode(), who.role)
+                fallback_m=fallback_m(), mode=personal_data_mode(who),
+                audit={"remote_addr": request.remote_addr, "endpoint": request.endpoint,
+                       "detail": {"category": category.code, "source": source}})
+            incident_id = incident["id"]
         if stored:
             stored.commit()
     finally:

@@ -72,15 +72,30 @@ def items(collection_id: str):
     page = ogc.items(get_db(), coll, query, mode)
     href = f"{_base()}/collections/{coll.id}/items"
     args = [(k, v) for k, v in request.args.items(multi=True)]
-    links = [_link(f"{href}?{urlencode(args)}" if args else href, "self", "This page"),
+    page_type = ogc.FLATGEOBUF if query.fgb else ogc.GEOJSON
+    links = [_link(f"{href}?{urlencode(args)}" if args else href, "self", "This page",
+                   page_type),
              _link(f"{_base()}/collections/{coll.id}", "collection", coll.title, ogc.JSON)]
     if page["next_cursor"]:
         next_args = [(k, v) for k, v in args if k not in ("cursor", "offset")]
         next_args.append(("cursor", page["next_cursor"]))
-        links.append(_link(f"{href}?{urlencode(next_args)}", "next", "Next page"))
+        links.append(_link(f"{href}?{urlencode(next_args)}", "next", "Next page", page_type))
     if mode == "unmasked" and coll.personal_fields and page["numberReturned"]:
         audit_personal_read(coll.id, None, {"features": page["numberReturned"],
                                             "fields": coll.personal_fields})
+    if query.fgb:
+        # No JSON envelope in a FlatGeobuf file: counts and links travel in HTTP headers.
+        headers = _content_crs(query.crs)
+        headers.update({
+            "OGC-NumberMatched": str(page["numberMatched"]),
+            "OGC-NumberReturned": str(page["numberReturned"]),
+            "Link": ", ".join(f'<{link["href"]}>; rel="{link["rel"]}"; type="{link["type"]}"'
+                              for link in links),
+            "Content-Disposition": f'inline; filename="{coll.id}.fgb"',
+        })
+        response = Response(page["features_fgb"], mimetype=ogc.FLATGEOBUF)
+        response.headers.update(headers)
+        return response
     head = {"type": "FeatureCollection", "numberMatched": page["numberMatched"],
             "numberReturned": page["numberReturned"], "timeStamp": page["timeStamp"],
             "links": links}

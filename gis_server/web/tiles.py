@@ -1,7 +1,9 @@
 """Vector tiles ``/tiles/LAYER/{z}/{x}/{y}.mvt`` and the map page that draws them.
 
 The page ``/maps/tiles`` (Leaflet + Leaflet.VectorGrid, vendored) shows the big layers (all unit
-grids, buildings) from tiles instead of inlining their GeoJSON. It is registered under the
+grids, buildings) from tiles instead of inlining their GeoJSON. Building tiles up to z14 are
+density points (``count`` per 4-pixel cell, see gis_server/core/tiles.py): the page draws them
+as circles sized and shaded by the count, and footprints from z15. It is registered under the
 endpoint ``maps.tiles_map`` so that access control treats it as an HTML map page (anonymous
 callers are sent to the login form).
 """
@@ -71,8 +73,18 @@ const control = L.control.layers(null, null, {{collapsed: false}}).addTo(map);
 function esc(v) {{ return String(v ?? "").replace(/[&<>"']/g,
     c => ({{"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}})[c]); }}
 window.tileLayers = {{}};
+// Density points (buildings at z <= 14 carry one point per 4-pixel cell with a count):
+// circles whose area grows with the count; footprints (z >= 15) keep the polygon style.
+function densityStyle(base) {{
+  return function (p) {{
+    if (p.count === undefined) return base;
+    return {{radius: Math.min(2 + Math.sqrt(p.count), 9), weight: 0, fill: true,
+             fillColor: base.fillColor, fillOpacity: Math.min(0.25 + p.count / 40, 0.9)}};
+  }};
+}}
 for (const [name, title, style, shown, minzoom, labels] of layers) {{
-  const vs = {{}}; vs[name] = styles[style];
+  const vs = {{}};
+  vs[name] = style === "buildings" ? densityStyle(styles[style]) : styles[style];
   const layer = L.vectorGrid.protobuf("{tile_root}/" + name + "/{{z}}/{{x}}/{{y}}.mvt", {{
     vectorTileLayerStyles: vs, interactive: true, minZoom: 0, maxNativeZoom: 18,
     rendererFactory: L.svg.tile, getFeatureId: f => f.properties.fid,
@@ -119,8 +131,10 @@ def tiles_map():
         if name in available:
             coll = available[name]
             labels = dict(coll.layer.labels)
-            layers.append([name, title, style, shown, coll.tile_minzoom,
-                           {k: labels.get(k, k) for k in coll.tile_fields}])
+            fields = {k: labels.get(k, k) for k in coll.tile_fields}
+            if coll.tile_density:
+                fields["count"] = "楼栋数 Buildings"
+            layers.append([name, title, style, shown, coll.tile_minzoom, fields])
     styles = {"units": _style("units", "grids"), "outline": _style("outline", "grids"),
               "buildings": _style("buildings", "buildings"),
               "points": _style("points", "facilities")}

@@ -1,10 +1,12 @@
 """Analytics benchmarks on the large city (gis_bench_large: 300,000 buildings).
 
 * an OGC items page of 1,000 buildings (goal p50 < 150 ms), a middle page via the cursor;
-* a z14 building tile, uncached (goal p50 < 30 ms);
-* the client loading all 300,000 buildings into a GeoDataFrame (goal < 10 s).
+* a z14 building tile, uncached (goal p50 < 30 ms): density points (gis_server/core/tiles.py);
+  for reference a z15 tile (the first zoom with full footprints);
+* the client loading all 300,000 buildings into a GeoDataFrame (goal < 10 s): FlatGeobuf
+  pages (the default); ``--json`` also times GeoJSON pages (``Client(encoding="json")``).
 
-Usage: .venv/bin/python scripts/bench/analytics.py [--db gis_bench_large] [--rounds 20]
+Usage: .venv/bin/python scripts/bench/analytics.py [--db gis_bench_large] [--rounds 20] [--json]
 Requests go through gunicorn (2 workers) with an analyst token created for the run (removed
 afterwards). Nothing in the city is changed.
 """
@@ -43,6 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", default="gis_bench_large")
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--json", action="store_true", help="also time the client on GeoJSON")
     args = ap.parse_args()
     url = database_url(args.db)
     engine = engine_for(url)
@@ -73,6 +76,10 @@ def main() -> None:
             timed(s, tiles[:2])
             tile_ms = timed(s, tiles)  # different tiles, no HTTP cache: each one computed
             sizes = [len(s.get(t).content) for t in tiles[:5]]
+            tiles15 = [f"{base}/tiles/buildings/15/{x}/{y}.mvt"
+                       for x, y in (tile_of(lon, lat, 15) for lon, lat in anchors)]
+            tile15_ms = timed(s, tiles15)
+            sizes15 = [len(s.get(t).content) for t in tiles15[:5]]
             print(f"buildings in city: {total:,}")
             print(f"OGC items page of 1,000 buildings (first page): p50 "
                   f"{statistics.median(first):.1f} ms, max {max(first):.1f} ms "
@@ -82,12 +89,20 @@ def main() -> None:
             print(f"z14 building tile, uncached ({len(tiles)} tiles): p50 "
                   f"{statistics.median(tile_ms):.1f} ms, max {max(tile_ms):.1f} ms, "
                   f"~{statistics.mean(sizes) / 1024:.0f} KiB (goal p50 < 30 ms)")
-            from gis_server.client import Client
+            print(f"z15 building tile (footprints), uncached ({len(tiles15)} tiles): p50 "
+                  f"{statistics.median(tile15_ms):.1f} ms, max {max(tile15_ms):.1f} ms, "
+                  f"~{statistics.mean(sizes15) / 1024:.0f} KiB")
+            from gis_server.client import PAGE_SIZE, Client
             t = time.perf_counter()
             gdf = Client(base, token, progress=False).buildings()
             elapsed = time.perf_counter() - t
             print(f"client: all buildings into a GeoDataFrame: {len(gdf):,} rows in "
-                  f"{elapsed:.1f} s (goal < 10 s)")
+                  f"{elapsed:.1f} s (goal < 10 s; FlatGeobuf pages of {PAGE_SIZE:,})")
+            if args.json:
+                t = time.perf_counter()
+                gdf = Client(base, token, progress=False, encoding="json").buildings()
+                print(f"client (GeoJSON pages): {len(gdf):,} rows in "
+                      f"{time.perf_counter() - t:.1f} s")
     finally:
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM users WHERE username = 'bench_analyst'"))
