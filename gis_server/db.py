@@ -28,7 +28,11 @@ def engine_for(url: str) -> Engine:
     # Capacity above the threads of a gunicorn worker (serving.WORKER_OPTIONS: 32): each
     # request holds one connection and may briefly need a second (the locate index check),
     # so a full worker never waits on its own pool. 2 workers × 64 < max_connections (200).
-    return create_engine(url, pool_size=10, max_overflow=54, pool_pre_ping=True,
+    # No pre-ping: it costs a round trip per checkout (~20 % of incident intake throughput).
+    # Disconnects are handled optimistically instead: a statement failing on a dead
+    # connection invalidates the pool, so after a database restart at most the requests
+    # already holding old connections fail (JSON 500), and the next ones reconnect.
+    return create_engine(url, pool_size=10, max_overflow=54, pool_pre_ping=False,
                          pool_recycle=3600, connect_args={"connect_timeout": 5})
 
 

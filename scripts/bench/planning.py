@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 
 from gis_server.core import plans as core
 from gis_server.core import validation as v
+from gis_server.db import scope_connection
 
 
 def ensure_schema(conn) -> str:
@@ -86,8 +87,7 @@ def main() -> None:
         try:
             schema = ensure_schema(conn)
             if not args.owner:  # as a request does: RLS policies apply
-                conn.execute(text("SELECT set_config('role', 'gis_app', true), "
-                                  "set_config('gis.scope', '', true)"))
+                scope_connection(conn, "")  # as a request of a whole-city planner
             counts = conn.execute(text(
                 "SELECT (SELECT count(*) FROM grids WHERE level = 'unit' AND valid_to IS NULL),"
                 " (SELECT count(*) FROM buildings), (SELECT count(*) FROM households)")).one()
@@ -126,9 +126,9 @@ def main() -> None:
             if args.scoped_impact and not args.owner:
                 street = conn.execute(text("SELECT left(min(code), 9) FROM grids "
                                            "WHERE level = 'street'")).scalar()
-                conn.execute(text("SELECT set_config('gis.scope', :s, true)"), {"s": street})
+                scope_connection(conn, street)
                 timed("impact_scoped", lambda: core.impact(conn, pid), t)
-                conn.execute(text("SELECT set_config('gis.scope', '', true)"))
+                scope_connection(conn, "")
                 print(f"impact read by a street admin (scope {street}, RLS on): "
                       f"{t['impact_scoped']:.2f} s")
             result = timed("publish", lambda: core.publish(conn, pid, actor="bench"), t)
