@@ -2,16 +2,7 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from gis_server.models import metadata
-
-# PostGIS owns these tables/views; partitions of ``positions`` are created at run time.
-_IGNORED_PREFIXES = ("spatial_ref_sys", "positions_", "topology", "layer")
-
-
-def include_object(obj, name, type_, reflected, compare_to):
-    if type_ == "table" and (name.startswith(_IGNORED_PREFIXES) or name == "positions"):
-        return False
-    return True
+from gis_server.models import include_object, metadata
 
 
 def run_migrations_online() -> None:
