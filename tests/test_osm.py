@@ -434,3 +434,9 @@ def test_bad_arguments():
         load_pbf(HELSINKI, block_cells=10)
     with pytest.raises(FileNotFoundError):
         load_pbf(os.path.join(DATA, "missing.osm.pbf"))
+
+
+def test_id_numbers_are_unique(helsinki, second):
+    for city in (helsinki, second):
+        ids = city.persons.id_number
+        assert ids.is_unique, ids[ids.duplicated()].head().tolist()

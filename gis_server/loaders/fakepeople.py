@@ -78,6 +78,18 @@ def id_check_char(first17) -> np.ndarray:
     return _ID_CHECK[(digits @ _ID_WEIGHTS) % 11]
 
 
+def group_rank(keys: np.ndarray) -> np.ndarray:
+    """0-based rank of each element among equal keys, in original order (stable)."""
+    keys = np.asarray(keys)
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    start = np.r_[True, sk[1:] != sk[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(sk)), 0))
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[order] = np.arange(len(sk)) - first
+    return rank
+
+
 def id_numbers(rng: np.random.Generator, area_codes, birth_dates, genders) -> np.ndarray:
     """18-character ID numbers (valid check character) for the given people.
 
@@ -89,7 +101,13 @@ def id_numbers(rng: np.random.Generator, area_codes, birth_dates, genders) -> np
     areas = np.broadcast_to(np.asarray(area_codes, dtype="U6"), (n,))
     born = np.asarray(birth_dates, dtype="datetime64[D]")
     ymd = np.char.replace(np.datetime_as_string(born, unit="D"), "-", "")
-    seq = rng.integers(0, 500, n) * 2 + np.where(genders == "M", 1, 0)  # 0..999, odd = male
+    # Sequence numbers are unique within (area, birth date, sex) — ID numbers identify people:
+    # a random start per group, then consecutive numbers (500 per group and sex available).
+    group = np.char.add(np.char.add(areas, ymd), genders.astype("U1"))
+    _, inverse = np.unique(group, return_inverse=True)
+    start = rng.integers(0, 500, inverse.max() + 1 if n else 0)
+    slot = (start[inverse] + group_rank(inverse)) % 500
+    seq = slot * 2 + np.where(genders == "M", 1, 0)  # 0..999, odd = male
     first17 = np.char.add(np.char.add(areas, ymd), np.char.zfill(seq.astype("U3"), 3))
     return np.char.add(first17, id_check_char(first17)).astype(object)
 

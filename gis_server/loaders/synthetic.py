@@ -41,6 +41,7 @@ from pyproj import Transformer
 from .bulk import (BUILDING_COLUMNS, DEPARTMENT_COLUMNS, FACILITY_COLUMNS, GRID_COLUMNS,
                    HOUSEHOLD_COLUMNS, PERSON_COLUMNS, WORKER_COLUMNS, WORKER_GRID_COLUMNS,
                    CityData)
+from .fakepeople import group_rank
 
 COUNTY_CODE = "110108"
 DISTRICT_NAME = "海淀区"
@@ -172,17 +173,6 @@ def _zfill(values, width: int) -> np.ndarray:
 
 def _str_series(arr, index=None) -> pd.Series:
     return pd.Series(np.asarray(arr, dtype=object), index=index, dtype="str")
-
-
-def _group_rank(keys: np.ndarray) -> np.ndarray:
-    """0-based rank of each element among equal keys, in original order (stable)."""
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
-    start = np.r_[True, sk[1:] != sk[:-1]]
-    first = np.maximum.accumulate(np.where(start, np.arange(len(sk)), 0))
-    rank = np.empty(len(keys), dtype=np.int64)
-    rank[order] = np.arange(len(sk)) - first
-    return rank
 
 
 def _pick(rng: np.random.Generator, values: np.ndarray, p, n: int) -> np.ndarray:
@@ -387,7 +377,7 @@ def generate(size: str = "demo", seed: int = 1) -> CityData:
     b_geom = wgs(shapely.polygons(corners))
 
     b_comm = comm_of_unit[b_cell]
-    b_no = _group_rank(b_comm) + 1
+    b_no = group_rank(b_comm) + 1
     b_name = _cat(b_no, "号楼")
     b_prefix = _cat(DISTRICT_NAME, street_name[comm_street[b_comm]], comm_name[b_comm])
     b_use = _pick(rng_bld, BUILDING_USES, BUILDING_USE_P, nb)
@@ -484,7 +474,7 @@ def generate(size: str = "demo", seed: int = 1) -> CityData:
                                BEIJING_REGIONS[rng_per.integers(0, len(BEIJING_REGIONS),
                                                                 npers)]))
     key = region * 10**7 + (birth.astype(np.int64) + 50_000) * 2 + male
-    rank = _group_rank(key)
+    rank = group_rank(key)
     if rank.max() >= 500:
         raise RuntimeError("too many persons share region, birth date and gender")
     offset = ((key % 1_000_003) * 7_919 + seed) % 500  # per-group scramble, deterministic
@@ -528,7 +518,7 @@ def generate(size: str = "demo", seed: int = 1) -> CityData:
     f_xy = _bilinear(*[a[f_cell] for a in (nw, ne, se, sw)], fu, fv)
     f_geom = wgs(shapely.points(f_xy))
     f_comm = comm_of_unit[f_cell]
-    f_no = _group_rank(f_comm * len(kinds) + f_kind) + 1
+    f_no = group_rank(f_comm * len(kinds) + f_kind) + 1
     labels = np.array([FACILITY_KINDS[kd][0] for kd in kinds])
     f_name = np.where(f_kind == kinds.index("fire_hydrant"),
                       _cat(comm_short[f_comm], "消火栓", _zfill(f_no, 2), "号"),
