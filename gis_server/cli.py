@@ -6,7 +6,7 @@
     gis-server users create NAME --role ROLE [--scope CODE] [--password]   (prints a token)
     gis-server users list | tokens create NAME | tokens list | tokens revoke ID
     gis-server audit tail [-n 20]
-    gis-server incidents import FILE.csv
+    gis-server incidents import FILE.csv | incidents escalate-overdue   (cron)
     gis-server docs permissions  # the permission matrix (docs/PERMISSIONS.md)
     gis-server assets            # vendor front-end assets (no CDN at run time)
     gis-server serve             # gunicorn, production mode
@@ -324,6 +324,20 @@ def incidents_import(path: str) -> None:
     except APIError as exc:
         raise click.ClickException(exc.message) from None
     click.echo(f"imported {count:,} incidents in {time.monotonic() - t0:.1f}s")
+
+
+@incidents.command("escalate-overdue")
+def incidents_escalate_overdue() -> None:
+    """Escalate overdue incidents (micro → small → big circulation); run it from cron."""
+    from .core import audit
+    from .core.incidents import escalate_overdue
+    from .db import engine_for
+
+    with engine_for(_url()).begin() as conn:
+        done = escalate_overdue(conn, _system_principal().username)
+        audit.record(conn, _system_principal(), "escalate_overdue", "incident", None,
+                     endpoint="cli", detail={"count": len(done)})
+    click.echo(f"escalated {len(done)} overdue incidents")
 
 
 # -- assets / serve / demo ----------------------------------------------------------------

@@ -81,3 +81,24 @@ def test_incidents_import_all_or_nothing(empty_db, tmp_path):
         audited = conn.execute(text("SELECT count(*) FROM audit_log "
                                     "WHERE action = 'import_incidents'")).scalar_one()
     assert grids == 0 and audited == 1
+
+
+def test_incidents_escalate_overdue(empty_db, tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["load", "synthetic", "--size", "small"]).exit_code == 0
+    with engine_for(empty_db).connect() as conn:
+        x, y = conn.execute(text("SELECT ST_X(anchor), ST_Y(anchor) FROM buildings "
+                                 "ORDER BY id LIMIT 1")).one()
+    csv = tmp_path / "late.csv"
+    csv.write_text("category,description,lon,lat,status,reported_at,filed_at,dispatched_at,"
+                   "due_at\n"
+                   f"E0101,overdue,{x},{y},dispatched,2026-03-02T08:00:00+08:00,"
+                   "2026-03-02T08:10:00+08:00,2026-03-02T08:20:00+08:00,"
+                   "2026-03-02T12:20:00+08:00\n")
+    assert runner.invoke(main, ["incidents", "import", str(csv)]).exit_code == 0
+    result = runner.invoke(main, ["incidents", "escalate-overdue"])
+    assert result.exit_code == 0 and "escalated 1 overdue" in result.output, result.output
+    with engine_for(empty_db).connect() as conn:
+        assert conn.execute(text("SELECT circulation FROM incidents")).scalar_one() == "small"
+    again = runner.invoke(main, ["incidents", "escalate-overdue"])
+    assert "escalated 0 overdue" in again.output  # big only after another 24 h
