@@ -407,6 +407,32 @@ def test_batch_fast_parse_matches_the_general_parser(client, engine, workers):
     assert stored[1][5] == {"note": 'a "b" \\ c'}
 
 
+def test_batch_integer_times_and_bodies_orjson_refuses(client, engine, workers):
+    from gis_server.core.osmand import _fast_batch_item, parse_time
+    w = workers.next()
+    item = {"id": w.device_id, "lat": w.y, "lon": w.x}
+    for ts in (1_700_000_000, 1_700_000_000_123, 2**31 - 1, 2**31 - 2, -5):
+        assert _fast_batch_item({**item, "timestamp": ts}).recorded_at == parse_time(ts)
+    assert _fast_batch_item({**item, "timestamp": 10**30}) is None  # (general path: 400)
+    r = client.post("/api/v1/positions", json=[{**item, "timestamp": 10**30}])
+    assert r.status_code == 400 and r.json["field"] == "positions[0].timestamp"
+    # NaN and 10^30 are refused by orjson but read by the standard parser: same answers
+    t = int((now() - timedelta(minutes=20)).timestamp())
+    raw = '[{"id": "%s", "lat": NaN, "lon": %r, "timestamp": %d}]' % (w.device_id, w.x, t)
+    r = client.post("/api/v1/positions", data=raw, content_type="application/json")
+    assert r.status_code == 400 and r.json["field"] == "positions[0].lat"
+    raw = '{"positions": [{"id": "%s", "lat": %r, "lon": %r, "timestamp": %d, "n": %d}]}' % (
+        w.device_id, w.y, w.x, t, 10**30)
+    body = client.post("/api/v1/positions", data=raw, content_type="application/json").json
+    assert body["accepted"] == 1
+    stored = rows(engine, "SELECT attributes FROM positions WHERE worker_id = :w", w=w.id)
+    assert stored == [({"n": 10**30},)]  # (an integer, as the standard parser reads it)
+    r = client.post("/api/v1/positions", data="{not json", content_type="application/json")
+    assert r.status_code == 400 and r.json["field"] == "positions"
+    r = client.post("/api/v1/positions", data=raw, content_type="text/plain")
+    assert r.status_code == 400 and r.json["field"] == "positions"
+
+
 def test_deleting_a_worker_deletes_their_history(engine, workers, client):
     w = workers.next()
     t = now() - timedelta(minutes=25)

@@ -259,7 +259,13 @@ def _fast_batch_item(item: dict) -> Fix | None:
     ts = item.get("timestamp")
     if ts is None or ts == "":
         at = None
-    elif type(ts) in (int, str):
+    elif type(ts) is int:  # parse_time's epoch seconds / milliseconds, without the text
+        try:
+            at = datetime.fromtimestamp(ts / 1000.0 if ts >= INT_MAX else float(ts),
+                                        tz=timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            return None
+    elif type(ts) is str:
         try:
             at = parse_time(ts)
         except APIError:

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import orjson
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
@@ -364,7 +365,7 @@ def _latest(conn: Connection, wids: np.ndarray) -> dict[int, tuple[float, float,
 
 def ensure_partitions(conn: Connection, engine: Engine, times) -> None:
     tz = DEVICES.timezone(engine)
-    days = {t.astimezone(tz).date() for t in times}
+    days = {t.astimezone(tz).date() for t in set(times)}  # (a batch repeats its times)
     known = DEVICES.known_days(engine)
     missing = sorted(days - known)
     if missing:
@@ -459,7 +460,7 @@ def ingest(conn: Connection, engine: Engine, fixes: list[Fix], index, rules: Rul
             result.accepted = int(row.inserted)
             result.duplicates = len(ok) - int(row.inserted) - int(row.too_fast)
             result.latest_moved = int(row.moved)
-            result.events = json.loads(row.events)
+            result.events = orjson.loads(row.events)
     count_rejections(conn, rejections, DEVICES.timezone(engine))
     return result
 

@@ -11,6 +11,7 @@ import json
 from datetime import datetime, timezone
 from urllib.parse import parse_qs
 
+import orjson
 from flask import Blueprint, Response, current_app, request
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -185,12 +186,31 @@ def _install_fast_path(state) -> None:
     state.app.wsgi_app = OsmandFastPath(state.app, state.app.wsgi_app)
 
 
+_DIGITS = bytes(48 if 48 <= c <= 57 else 32 for c in range(256))  # digit → "0", else " "
+
+
+def _json_body():
+    """``request.get_json(silent=True)``, decoded with orjson (2x faster for a large batch).
+    What orjson refuses (NaN, Infinity, other encodings, bad UTF-8...) or reads differently
+    (an integer outside 64 bits becomes a float: any run of 19+ digits) goes to the standard
+    parser, so every answer stays the same."""
+    if not request.is_json:
+        return None
+    data = request.get_data(cache=True)
+    if data.translate(_DIGITS).find(b"0" * 19) < 0:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return request.get_json(silent=True)
+
+
 @bp.post("/api/v1/positions")
 def batch():
     """A buffer of fixes uploaded at once: ``{"positions": [...]}`` (or a bare list); each
     item in the query form's names (``id``/``device_id``, ``lat``, ``lon``, ``timestamp``...)
     or the JSON variant. Answers how many were accepted, duplicates and rejected (by reason)."""
-    body = request.get_json(silent=True)
+    body = _json_body()
     items = body.get("positions") if isinstance(body, dict) else body
     if not isinstance(items, list):
         raise bad_param("positions", "send {\"positions\": [...]} (a JSON list of fixes)")
@@ -216,7 +236,13 @@ def batch():
 
     summary = core.with_retry(engine, work)  # (again on a deadlock with another writer)
     _sweep(engine)
-    return summary
+    provider = current_app.json
+    if (provider.compact is False or (provider.compact is None and current_app.debug)
+            or getattr(provider, "sort_keys", True) or getattr(provider, "ensure_ascii", True)):
+        return summary
+    # what Flask's provider writes here (compact, unsorted keys, UTF-8: see create_app),
+    # ~10x faster for a batch's thousands of events
+    return Response(orjson.dumps(summary) + b"\n", mimetype=provider.mimetype)
 
 
 def _scope_arg() -> str | None:
