@@ -13,6 +13,7 @@ one too. Set ``DATABASE_URL`` to use an existing PostGIS instead; then this modu
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import secrets
@@ -171,8 +172,7 @@ class Cluster:
         if not self.is_initialised() or self._postmaster_pid() is None:
             return False
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                pass
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
         except OSError:
             return False
         res = subprocess.run(
@@ -188,13 +188,11 @@ class Cluster:
         self.rundir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.rundir, "postgres", "postgres")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                raise ClusterError(
-                    f"port {self.port} is taken by another server; set GIS_PG_PORT to a free "
-                    f"port (or DATABASE_URL to use that server)")
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            raise ClusterError(
+                f"port {self.port} is taken by another server; set GIS_PG_PORT to a free "
+                f"port (or DATABASE_URL to use that server)")
         # A stale pid file from a killed server would make pg_ctl refuse to start.
         pidfile = self.datadir / "postmaster.pid"
         if self._postmaster_pid() is None:

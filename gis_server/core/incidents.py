@@ -19,6 +19,7 @@ version gets 412.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -222,13 +223,11 @@ def validate_attributes(category: cats.Category, values: dict | None,
 def route(conn: Connection, index: GridIndex, lon: float, lat: float,
           fallback_m: float) -> dict:
     """The responsible unit grid code and flags (see the module docstring)."""
-    try:
+    with contextlib.suppress(NotCovered):  # outside every grid: the nearest one below
         hit = index.locate(lon, lat)
         return {"code": hit["unit"]["code"], "on_boundary": hit["on_boundary"],
                 "candidates": [c["code"] for c in hit["candidates"]], "fallback": False,
                 "distance_m": 0.0}
-    except NotCovered:
-        pass
     row = conn.execute(text("""
         WITH q AS (SELECT ST_SetSRID(ST_MakePoint(:lon, :lat), 4326) AS pt),
         k AS (SELECT p.grid_id FROM grid_parts p, q WHERE p.level = 'unit'
@@ -711,8 +710,7 @@ def apply_action(conn: Connection, who: Principal, incident_id: int, body: dict,
         due = calendar.add(row.due_at or now, amount, unit)
         sets.update(due_at=due, postponed=True)
         data.update(amount=amount, unit=unit, due_at=due.isoformat())
-    elif action == "park":
-        pass
+    # park (挂账) changes the state only: nothing else to set.
     elif action == "escalate":
         allowed_from = ESCALATE_FROM.get(who.role, set())
         if row.circulation == "big":

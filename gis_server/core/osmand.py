@@ -19,6 +19,7 @@ fix without coordinates takes the device's last known location. We store speeds 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -86,12 +87,10 @@ def parse_time(value, name: str = "timestamp") -> datetime:
 
 
 def _attribute(value: str):
-    try:
+    with contextlib.suppress(ValueError):
         x = float(value)
         if math.isfinite(x):
             return x
-    except ValueError:
-        pass
     if value in ("true", "false"):
         return value == "true"
     return value

@@ -7,6 +7,7 @@ Traccar's answers (400 for the query form, 404 for JSON) and nothing is stored b
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timezone
 from urllib.parse import parse_qs
@@ -198,10 +199,8 @@ def _json_body():
         return None
     data = request.get_data(cache=True)
     if data.translate(_DIGITS).find(b"0" * 19) < 0:
-        try:
+        with contextlib.suppress(orjson.JSONDecodeError):  # Flask's parser decides below
             return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
     return request.get_json(silent=True)
 
 

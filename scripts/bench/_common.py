@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,6 +35,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _healthy(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(base + "/healthz", timeout=1) as response:
+            return response.status < 500
+    except (OSError, urllib.error.HTTPError):
+        return False
+
+
 @contextmanager
 def gunicorn(url: str, workers: int = 2):
     port = free_port()
@@ -46,15 +56,12 @@ def gunicorn(url: str, workers: int = 2):
         env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("gunicorn did not start")
-                time.sleep(0.2)
+        # Ready = /healthz answers (the app and its database are up), not just the socket.
+        deadline = time.time() + 90
+        while not _healthy(base):
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("gunicorn did not start")
+            time.sleep(0.3)
         yield base
     finally:
         proc.terminate()

@@ -24,6 +24,8 @@ import pandas as pd
 from _common import database_url, gunicorn, wrk
 from sqlalchemy import create_engine, text
 
+from gis_server.db import migrate
+
 LUA = """
 local points = %(points)s
 local cats = %(cats)s
@@ -37,20 +39,6 @@ request = function()
     {["Content-Type"] = "application/json", ["Authorization"] = "Bearer %(token)s"}, body)
 end
 """
-
-
-def migrate_to_0003(url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from gis_server.db import ALEMBIC_INI, engine_for
-    cfg = Config(str(ALEMBIC_INI))
-    cfg.set_main_option("script_location", str(ALEMBIC_INI.parent / "migrations"))
-    with engine_for(url).begin() as conn:
-        current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        if current < "0003":
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0003")
 
 
 def warm_up(base: str, token: str, code: str, points, n: int) -> None:
@@ -81,7 +69,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     args = ap.parse_args()
     url = database_url(args.db)
-    migrate_to_0003(url)
+    migrate(url)
     os.environ["GIS_PUBLIC_RATE_LIMIT"] = "1000000/minute"
     from gis_server.config import load as load_config
     from gis_server.core import accounts, categories, indicators

@@ -20,19 +20,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 
 import requests
-from _common import ROOT, database_url, free_port, wrk
+from _common import database_url, gunicorn, wrk
 from sqlalchemy import text
 
 from gis_server.db import engine_for
-from gis_server.serving import gunicorn_argv
 
 PATROL_DAY = date(2026, 1, 15)
 
@@ -58,10 +55,7 @@ end
 
 def bench_database(source: str) -> str:
     """``<source>_positions`` on the embedded cluster: a template copy, migrated to head."""
-    from alembic import command
-    from alembic.config import Config
-
-    from gis_server.db import ALEMBIC_INI
+    from gis_server.db import migrate
 
     name = f"{source}_positions"
     admin_url = database_url("postgres")
@@ -74,11 +68,7 @@ def bench_database(source: str) -> str:
             conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{source}"'))
             print(f"copied {source} → {name} in {time.perf_counter() - t0:.1f} s")
     url = database_url(name)
-    cfg = Config(str(ALEMBIC_INI))
-    cfg.set_main_option("script_location", str(ROOT / "gis_server" / "migrations"))
-    with engine_for(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    migrate(url)
     return url
 
 
@@ -93,35 +83,6 @@ def admin_token(url: str) -> str:
             uid = acc.create_user(conn, "bench_positions", "command_center", None)["id"]
         token, _ = acc.issue_token(conn, uid, pepper, expires_in=timedelta(hours=2))
     return token
-
-
-@contextmanager
-def gunicorn_gthread(url: str, workers: int = 2):
-    port = free_port()
-    env = dict(os.environ, DATABASE_URL=url)
-    proc = subprocess.Popen(
-        gunicorn_argv(f"127.0.0.1:{port}", workers, log_level="warning", access_log=False),
-        env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if requests.get(base + "/healthz", timeout=1).status_code < 500:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("gunicorn did not start")
-            time.sleep(0.3)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def worker_points(url: str):
@@ -337,7 +298,7 @@ def main() -> None:
     token = admin_token(url)
     points = worker_points(url)
     print(f"database {url.rsplit('/', 1)[-1]}: {len(points):,} workers with devices")
-    with gunicorn_gthread(url) as base:
+    with gunicorn(url) as base:
         warm(base, token, points)
         bench_osmand(base, points, args.seconds)
         bench_batch(base, token, points)
