@@ -104,3 +104,40 @@ def test_batch_items_accept_both_forms():
     with pytest.raises(APIError) as err:
         parse_batch_item({"device_id": "7", "lat": "x", "lon": 1}, 3)
     assert err.value.field == "positions[3].lat"
+
+
+def _same_columns(a, b):
+    import numpy as np
+    assert a.device_id == b.device_id and a.attributes == b.attributes
+    assert (a.has_time == b.has_time).all() and (a.t_us[a.has_time] == b.t_us[b.has_time]).all()
+    for name in ("lat", "lon", "speed", "bearing", "altitude", "accuracy", "battery"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+def test_flat_batch_decoder_reads_what_the_general_parser_reads():
+    import json
+
+    from gis_server.core.osmand import FixColumns, decode_flat_batch
+    items = [
+        {"id": "7", "lat": 1.5, "lon": 2.5, "timestamp": EPOCH, "speed": 2},
+        {"device_id": " 8 ", "lat": -1, "lon": 179.5, "timestamp": EPOCH * 1000 + 123,
+         "bearing": 90.5, "altitude": 41, "accuracy": 7, "batt": 80},
+        {"id": "9", "lat": 0, "lon": 0, "timestamp": "2026-11-24T08:00:00Z"},
+        {"id": "10", "lat": 0.25, "lon": 0.5},  # no time: the server's clock
+        {"id": "11", "lat": 0.25, "lon": 0.5, "timestamp": 2**31 - 1, "speed": None},
+    ]
+    for body in ({"positions": items}, items):
+        fast = decode_flat_batch(json.dumps(body).encode())
+        general = FixColumns.from_fixes([parse_batch_item(x, i) for i, x in enumerate(items)])
+        _same_columns(fast, general)
+    # anything unusual is left to the general parser (which names the field of an error)
+    base = items[0]
+    for unusual in ({**base, "lat": "1.5"}, {**base, "hdop": 1}, {**base, "lat": True},
+                    {**base, "lat": 91}, {**base, "device_id": "x"}, {**base, "id": " "},
+                    {**base, "timestamp": 10**30}, {**base, "timestamp": 1.5},
+                    {**base, "timestamp": "yesterday"}, {"id": "7", "lon": 1},
+                    {"device_id": "7", "location": {"coords": {"latitude": 1, "longitude": 2}}}):
+        assert decode_flat_batch(json.dumps([base, unusual]).encode()) is None, unusual
+    assert decode_flat_batch(b'[{"id": "7", "lat": NaN, "lon": 1}]') is None
+    assert decode_flat_batch(b'{"positions": 3}') is None
+    assert decode_flat_batch(b"{not json") is None

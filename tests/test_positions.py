@@ -383,37 +383,42 @@ def test_known_device_fix_skips_flask_and_answers_like_the_view(app, engine, wor
     assert calls == ["/track/osmand", "/track/osmand"]
 
 
-def test_batch_fast_parse_matches_the_general_parser(client, engine, workers):
-    from gis_server.core.osmand import _fast_batch_item, parse_query
+def test_batch_fast_path_stores_what_the_general_parser_reads(client, engine, workers):
     w = workers.next()
     t = now() - timedelta(minutes=30)
     item = {"device_id": w.device_id, "lat": w.y, "lon": w.x, "timestamp": int(t.timestamp()),
             "speed": 2, "bearing": 90.5, "altitude": 41, "accuracy": 7, "batt": 80}
-    fast = _fast_batch_item(item)
+    from gis_server.core.osmand import parse_query
     general = parse_query({("id" if k == "device_id" else k): str(v) for k, v in item.items()})
-    assert fast == general
-    # anything unusual takes the general path (which names the field of an error)
-    assert _fast_batch_item({**item, "lat": "39.9"}) is None
-    assert _fast_batch_item({**item, "hdop": 1}) is None
-    assert _fast_batch_item({**item, "lat": 91}) is None
     r = client.post("/api/v1/positions", json={"positions": [item, {**item, "lat": 91}]})
     assert r.status_code == 400 and r.json["field"] == "positions[1].lat"
     extra = {**item, "timestamp": int(t.timestamp()) + 60, "note": 'a "b" \\ c'}
-    body = client.post("/api/v1/positions", json={"positions": [item, extra]}).json
-    assert body["accepted"] == 2
+    body = client.post("/api/v1/positions", json={"positions": [item]}).json
+    assert body["accepted"] == 1  # (the flat fast path)
+    body = client.post("/api/v1/positions", json={"positions": [extra]}).json
+    assert body["accepted"] == 1  # (an attribute: the general path)
     stored = rows(engine, "SELECT speed, bearing, altitude, accuracy, battery, attributes "
                           "FROM positions WHERE worker_id = :w ORDER BY recorded_at", w=w.id)
     assert stored[0][:5] == (general.speed, 90.5, 41, 7, 80) and stored[0][5] is None
     assert stored[1][5] == {"note": 'a "b" \\ c'}
 
 
+def test_same_time_twice_in_a_batch_keeps_the_first_sent(client, engine, workers):
+    w = workers.next()
+    t = int((now() - timedelta(minutes=40)).timestamp())
+    first = {"id": w.device_id, "lat": w.y, "lon": w.x, "timestamp": t}
+    second = {**first, "lat": w.y + 0.0001}
+    body = client.post("/api/v1/positions", json=[first, second]).json
+    assert (body["accepted"], body["duplicates"], body["rejected"]) == (1, 1, 0)
+    assert rows(engine, "SELECT ST_Y(geom) FROM positions WHERE worker_id = :w",
+                w=w.id) == [(w.y,)]
+    assert rows(engine, "SELECT ST_Y(geom) FROM latest_positions WHERE worker_id = :w",
+                w=w.id) == [(w.y,)]
+
+
 def test_batch_integer_times_and_bodies_orjson_refuses(client, engine, workers):
-    from gis_server.core.osmand import _fast_batch_item, parse_time
     w = workers.next()
     item = {"id": w.device_id, "lat": w.y, "lon": w.x}
-    for ts in (1_700_000_000, 1_700_000_000_123, 2**31 - 1, 2**31 - 2, -5):
-        assert _fast_batch_item({**item, "timestamp": ts}).recorded_at == parse_time(ts)
-    assert _fast_batch_item({**item, "timestamp": 10**30}) is None  # (general path: 400)
     r = client.post("/api/v1/positions", json=[{**item, "timestamp": 10**30}])
     assert r.status_code == 400 and r.json["field"] == "positions[0].timestamp"
     # NaN and 10^30 are refused by orjson but read by the standard parser: same answers

@@ -43,6 +43,7 @@ class NotCovered(APIError):
 class GridIndex:
     version: int
     codes: np.ndarray  # unit grid codes, index-aligned with geoms
+    ids: np.ndarray  # their ``grids.id`` (int64), index-aligned too
     geoms: np.ndarray  # shapely polygons (prepared)
     tree: shapely.STRtree
     answers: list[dict]  # per unit grid: the JSON-ready chain + workers
@@ -51,7 +52,7 @@ class GridIndex:
     def build(cls, conn: Connection) -> GridIndex:
         version = conn.execute(text("SELECT version FROM grid_state WHERE id = 1")).scalar_one()
         rows = conn.execute(text("""
-            SELECT u.code, u.name, ST_AsBinary(u.geom) AS wkb,
+            SELECT u.id, u.code, u.name, ST_AsBinary(u.geom) AS wkb,
                    c.code AS c_code, c.name AS c_name,
                    s.code AS s_code, s.name AS s_name,
                    d.code AS d_code, d.name AS d_name
@@ -84,7 +85,8 @@ class GridIndex:
                 "workers": workers.get(r.code, []),
             })
         return cls(version=version, codes=np.array([r.code for r in rows], dtype=object),
-                   geoms=geoms, tree=shapely.STRtree(geoms), answers=answers)
+                   ids=np.array([r.id for r in rows], dtype=np.int64), geoms=geoms,
+                   tree=shapely.STRtree(geoms), answers=answers)
 
     def candidates(self, lon: float, lat: float) -> list[int]:
         """Indices of grids whose closure contains the point, owner first."""
@@ -105,18 +107,27 @@ class GridIndex:
         answer["candidates"] = [self.answers[i]["unit"] for i in hits[1:]]
         return answer
 
-    def route_points(self, lons, lats) -> np.ndarray:
-        """Vectorised routing: the owning unit grid code per point (None where uncovered)."""
+    def route_indices(self, lons, lats) -> np.ndarray:
+        """Vectorised routing: the index (into ``codes``/``ids``) of the owning unit grid per
+        point, -1 where uncovered."""
         points = shapely.points(np.asarray(lons, dtype=float), np.asarray(lats, dtype=float))
         point_idx, grid_idx = self.tree.query(points, predicate="intersects")
-        out = np.full(len(points), None, dtype=object)
+        out = np.full(len(points), -1, dtype=np.int64)
         if len(point_idx):
             # Several hits for one point (shared edge): the smallest code wins, as in locate().
             order = np.lexsort((self.codes[grid_idx], point_idx))
             point_idx, grid_idx = point_idx[order], grid_idx[order]
             first = np.ones(len(point_idx), dtype=bool)
             first[1:] = point_idx[1:] != point_idx[:-1]
-            out[point_idx[first]] = self.codes[grid_idx[first]]
+            out[point_idx[first]] = grid_idx[first]
+        return out
+
+    def route_points(self, lons, lats) -> np.ndarray:
+        """Vectorised routing: the owning unit grid code per point (None where uncovered)."""
+        found = self.route_indices(lons, lats)
+        out = np.full(len(found), None, dtype=object)
+        covered = found >= 0
+        out[covered] = self.codes[found[covered]]
         return out
 
 

@@ -1,18 +1,23 @@
 """Live positions: ingest (filter, de-duplicate, route to the unit grid, store), status and
 geofence events, the live GeoJSON, workers and events listings.
 
-Write path (one transaction per request, one main SQL statement):
+Write path (one transaction per request; the fixes travel as columns, :class:`FixColumns`,
+decoded straight from a batch body by :func:`~gis_server.core.osmand.decode_flat_batch`):
 
 1. Device ids → workers (an in-process map, rebuilt when ``grid_state.version`` moves: the
    ``workers`` trigger bumps it).
-2. Filtering rules (:class:`Rules`, configurable): timestamps too far in the future, poor
-   accuracy, impossible speed from the previous *accepted* point of the same worker (the
-   stored latest position or the previous point of the batch). Refused fixes are counted per
-   day, reason and worker in ``position_rejections`` and reported in the response.
+2. Filtering rules (:class:`Rules`, configurable), vectorised with numpy: timestamps too far
+   in the future, poor accuracy, impossible speed from the previous *accepted* point of the
+   same worker (the stored latest position, read once per batch, or the previous point of
+   the batch). Refused fixes are counted per day, reason and worker in
+   ``position_rejections`` and reported in the response. The same (worker, time) twice in
+   one batch: the first one sent counts, the other is a duplicate.
 3. Each fix's unit grid from the process's :class:`~gis_server.core.locate.GridIndex`
-   (``route_points``, vectorised).
-4. The day partitions are ensured (``ensure_position_partition``), then a single statement
-   inserts the history (``ON CONFLICT DO NOTHING`` = de-duplication on (worker, time)), moves
+   (``route_indices``, vectorised).
+4. The day partitions are ensured (``ensure_position_partition``); the history is written by
+   one INSERT (:data:`HISTORY_SQL`: a plain insert first, de-duplicating on (worker, time)
+   only when the batch meets a stored fix, see :func:`_store_history`); then one statement
+   (:data:`LATEST_SQL`) takes each worker's newest fix of the batch, moves
    ``latest_positions`` forward only (``WHERE excluded.recorded_at > latest.recorded_at``),
    writes geofence/online events and ``pg_notify``-s the changes on channel
    :data:`CHANNEL` for the SSE fan-out (``web/stream.py``).
@@ -35,10 +40,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import orjson
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import APIError, bad_param, not_found
-from .osmand import Fix
+from .osmand import EPOCH, MICROSECOND, Fix, FixColumns
 
 CHANNEL = "gis_live"
 NOTIFY_CHUNK = 60  # positions per NOTIFY payload (PostgreSQL's limit is 8000 bytes)
@@ -140,99 +146,120 @@ def _haversine(lon1, lat1, lon2, lat2):
     return 2 * EARTH_R * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
 
 
-def _speed_filter(wid, t, lon, lat, ok, latest: dict, max_speed: float) -> np.ndarray:
-    """Mark fixes that imply a speed above ``max_speed`` from the previous accepted fix.
+@dataclass
+class Latest:
+    """The stored latest fixes of some workers, as arrays sorted by worker id."""
+    worker_id: np.ndarray  # int64, sorted
+    t: np.ndarray  # epoch seconds
+    lon: np.ndarray
+    lat: np.ndarray
 
+    def find(self, wids: np.ndarray) -> np.ndarray:
+        """Index of each worker's row, -1 for workers without a stored fix."""
+        if len(self.worker_id) == 0:
+            return np.full(len(wids), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.worker_id, wids), len(self.worker_id) - 1)
+        return np.where(self.worker_id[pos] == wids, pos, -1)
+
+
+LATEST_FIXES_SQL = text(
+    "SELECT string_agg(concat_ws(' ', worker_id, extract(epoch FROM recorded_at), "
+    "ST_X(geom), ST_Y(geom)), ' ' ORDER BY worker_id) FROM latest_positions "
+    "WHERE worker_id = ANY(CAST(:w AS int[]))")
+
+
+def _latest(conn: Connection, wids: np.ndarray) -> Latest:
+    """The stored latest fix of each of ``wids`` (unique), read as one text value (no per-row
+    fetch and datetime conversion)."""
+    packed = conn.execute(LATEST_FIXES_SQL, {"w": _pg_ints(wids)}).scalar()
+    a = (np.array(packed.split(" "), dtype=float).reshape(-1, 4) if packed
+         else np.empty((0, 4)))
+    return Latest(worker_id=a[:, 0].astype(np.int64), t=a[:, 1], lon=a[:, 2], lat=a[:, 3])
+
+
+def _speed_filter(wid, t, lon, lat, latest: Latest, max_speed: float) -> np.ndarray:
+    """Which fixes imply a speed above ``max_speed`` from the previous accepted fix.
+
+    ``wid, t`` (epoch seconds), ``lon, lat``: sorted by (worker, time), no repeated time.
+    The first fix of a worker is compared with the stored latest one when that is older.
     Vectorised pass against the raw predecessor; workers with a violation are re-checked
     sequentially against the previous *accepted* fix, so one bad jump does not also condemn
     the good fix that follows it.
     """
     n = len(wid)
     too_fast = np.zeros(n, dtype=bool)
-    idx = np.flatnonzero(ok)
-    if len(idx) == 0:
+    if n == 0:
         return too_fast
-    order = idx[np.lexsort((t[idx], wid[idx]))]
-    w, tt, x, y = wid[order], t[order], lon[order], lat[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = w[1:] != w[:-1]
-    px, py, pt = np.empty_like(x), np.empty_like(y), np.empty_like(tt)
-    px[1:], py[1:], pt[1:] = x[:-1], y[:-1], tt[:-1]
+    first = np.ones(n, dtype=bool)
+    first[1:] = wid[1:] != wid[:-1]
+    px, py, pt = np.roll(lon, 1), np.roll(lat, 1), np.roll(t, 1)
     has_prev = ~first
-    for i in np.flatnonzero(first):  # the stored latest fix precedes the worker's first one
-        prev = latest.get(int(w[i]))
-        if prev is not None and prev[0] < tt[i]:
-            pt[i], px[i], py[i] = prev
-            has_prev[i] = True
-    dist = _haversine(px, py, x, y)
-    dt = tt - pt
-    fast = has_prev & (dist > max_speed * np.maximum(dt, 0) + 1.0)
-    if not fast.any():
-        return too_fast
-    for worker in np.unique(w[fast]):
-        sel = np.flatnonzero(w == worker)
-        prev = latest.get(int(worker))
-        if prev is not None and not prev[0] < tt[sel[0]]:
-            prev = None
-        for i in sel:
+    heads = np.flatnonzero(first)
+    stored = latest.find(wid[heads])
+    usable = stored >= 0
+    usable[usable] = latest.t[stored[usable]] < t[heads[usable]]
+    heads, stored = heads[usable], stored[usable]
+    pt[heads], px[heads], py[heads] = latest.t[stored], latest.lon[stored], latest.lat[stored]
+    has_prev[heads] = True
+    fast = has_prev & (_haversine(px, py, lon, lat) > max_speed * np.maximum(t - pt, 0) + 1.0)
+    for worker in np.unique(wid[fast]):
+        lo, hi = np.searchsorted(wid, [worker, worker + 1])
+        j = latest.find(np.array([worker]))[0]
+        prev = (latest.t[j], latest.lon[j], latest.lat[j]) \
+            if j >= 0 and latest.t[j] < t[lo] else None
+        for i in range(lo, hi):
             if prev is not None:
-                d = float(_haversine(prev[1], prev[2], x[i], y[i]))
-                if d > max_speed * max(tt[i] - prev[0], 0) + 1.0:
-                    too_fast[order[i]] = True
+                d = float(_haversine(prev[1], prev[2], lon[i], lat[i]))
+                if d > max_speed * max(t[i] - prev[0], 0) + 1.0:
+                    too_fast[i] = True
                     continue
-            prev = (tt[i], x[i], y[i])
+            prev = (t[i], lon[i], lat[i])
     return too_fast
 
 
-INGEST_SQL = """
-WITH b AS (
-    -- (arrays arrive as literals, times as microseconds since the epoch: see _pg_array)
-    SELECT u.worker_id, timestamptz 'epoch' + u.t_us * interval '1 microsecond' AS recorded_at,
-           u.lon, u.lat, u.speed, u.bearing, u.altitude, u.accuracy, u.battery, u.code,
-           u.attributes, u.idx
+HISTORY_SQL = text("""
+INSERT INTO positions (worker_id, recorded_at, geom, speed, bearing, altitude, accuracy,
+                       battery, grid_id, attributes)
+SELECT u.worker_id, timestamptz 'epoch' + u.t_us * interval '1 microsecond',
+       ST_SetSRID(ST_MakePoint(u.lon, u.lat), 4326), u.speed, u.bearing, u.altitude,
+       u.accuracy, u.battery, u.grid_id, u.attributes
+-- (arrays arrive as literals, times as microseconds since the epoch: see ingest; a shorter
+-- array is padded with NULLs by unnest)
+FROM unnest(CAST(:w AS int[]), CAST(:t AS bigint[]), CAST(:lon AS float8[]),
+            CAST(:lat AS float8[]), CAST(:speed AS float8[]), CAST(:bearing AS float8[]),
+            CAST(:alt AS float8[]), CAST(:acc AS float8[]), CAST(:batt AS float8[]),
+            CAST(:grid AS int[]), CAST(:attrs AS jsonb[]))
+    AS u(worker_id, t_us, lon, lat, speed, bearing, altitude, accuracy, battery, grid_id,
+         attributes)
+ORDER BY 1, 2  -- one lock order for every writer (no deadlocks)
+ON CONFLICT DO NOTHING
+""")
+# Most batches hold no fix already stored: a plain INSERT is tried first (~25 % cheaper than
+# ON CONFLICT's speculative insertion per row), and only a batch that meets a stored fix is
+# written again, de-duplicated (see _store_history).
+HISTORY_SQL_FIRST_TRY = text(HISTORY_SQL.text.replace("ON CONFLICT DO NOTHING", ""))
+# the single-fix writer answers each phone: which (worker, µs) pairs were stored
+HISTORY_SQL_KEYS = text(HISTORY_SQL.text + """RETURNING worker_id,
+    (extract(epoch FROM recorded_at) * 1000000)::bigint AS t_us""")
+
+# (statements on the hot path are parsed for bind parameters once, here)
+LATEST_SQL = text("""
+WITH newest AS (
+    -- each worker's newest fix of the batch; was_in / was_state: the worker's latest row as
+    -- this statement found it
+    SELECT n.*, timestamptz 'epoch' + n.t_us * interval '1 microsecond' AS recorded_at,
+           ST_SetSRID(ST_MakePoint(n.lon, n.lat), 4326) AS geom,
+           lp0.in_assigned AS was_in, lp0.state AS was_state,
+           EXISTS (SELECT 1 FROM worker_grids wg
+                   WHERE wg.worker_id = n.worker_id AND wg.grid_code = n.code) AS in_assigned
     FROM unnest(CAST(:w AS int[]), CAST(:t AS bigint[]), CAST(:lon AS float8[]),
                 CAST(:lat AS float8[]), CAST(:speed AS float8[]),
                 CAST(:bearing AS float8[]), CAST(:alt AS float8[]),
-                CAST(:acc AS float8[]), CAST(:batt AS float8[]),
-                CAST(:code AS text[]), CAST(:attrs AS jsonb[]), CAST(:idx AS int[]))
-        AS u(worker_id, t_us, lon, lat, speed, bearing, altitude, accuracy, battery,
-             code, attributes, idx)
-), checked AS (
-    -- impossible speed from the stored latest fix (older ones only); within a batch the
-    -- caller has already checked each fix against its predecessor
-    SELECT b.*, ST_SetSRID(ST_MakePoint(b.lon, b.lat), 4326) AS geom,
-           lp0.in_assigned AS was_in, lp0.state AS was_state,
-           coalesce(lp0.recorded_at < b.recorded_at
-                    AND ST_DistanceSphere(lp0.geom, ST_SetSRID(ST_MakePoint(b.lon, b.lat), 4326))
-                        > :max_speed * extract(epoch FROM b.recorded_at - lp0.recorded_at) + 1,
-                    false) AS too_fast
-    FROM b LEFT JOIN latest_positions lp0 ON lp0.worker_id = b.worker_id
-), fast AS (
-    INSERT INTO position_rejections AS r (day, reason, worker_id, device_id, count)
-    SELECT CAST(recorded_at AS date), 'impossible_speed', worker_id, '', count(*)
-    FROM checked WHERE too_fast GROUP BY 1, 3 ORDER BY 1, 3
-    ON CONFLICT (day, reason, (coalesce(worker_id, 0)), device_id)
-    DO UPDATE SET count = r.count + excluded.count, last_at = now()
-    RETURNING count
-), bg AS (
-    SELECT c.*, g.id AS grid_id,
-           EXISTS (SELECT 1 FROM worker_grids wg
-                   WHERE wg.worker_id = c.worker_id AND wg.grid_code = c.code) AS in_assigned
-    FROM checked c LEFT JOIN grids g ON g.code = c.code AND g.valid_to IS NULL
-    WHERE NOT c.too_fast
-), ins AS (
-    INSERT INTO positions (worker_id, recorded_at, geom, speed, bearing, altitude, accuracy,
-                           battery, grid_id, attributes)
-    SELECT worker_id, recorded_at, geom, speed, bearing, altitude, accuracy, battery, grid_id,
-           attributes
-    FROM bg
-    ORDER BY worker_id, recorded_at  -- one lock order for every writer (no deadlocks)
-    ON CONFLICT DO NOTHING
-    RETURNING worker_id, recorded_at
-), newest AS (
-    SELECT DISTINCT ON (bg.worker_id) bg.*
-    FROM bg JOIN ins ON ins.worker_id = bg.worker_id AND ins.recorded_at = bg.recorded_at
-    ORDER BY bg.worker_id, bg.recorded_at DESC
+                CAST(:acc AS float8[]), CAST(:batt AS float8[]), CAST(:grid AS int[]),
+                CAST(:attrs AS jsonb[]), CAST(:code AS text[]))
+        AS n(worker_id, t_us, lon, lat, speed, bearing, altitude, accuracy, battery, grid_id,
+             attributes, code)
+    LEFT JOIN latest_positions lp0 ON lp0.worker_id = n.worker_id
 ), up AS (
     INSERT INTO latest_positions AS lp (worker_id, recorded_at, received_at, geom, speed,
                                         bearing, accuracy, battery, grid_id, altitude,
@@ -260,7 +287,6 @@ WITH b AS (
     RETURNING lp.worker_id, lp.recorded_at, lp.geom, lp.in_assigned, lp.speed, lp.battery,
               lp.state
 ), moved AS (
-    -- (was_in / was_state: the worker's latest row as this statement found it)
     SELECT up.*, n.code, n.was_in, n.was_state
     FROM up JOIN newest n USING (worker_id)
 ), ev AS (
@@ -292,19 +318,13 @@ WITH b AS (
           FROM ev) x
     GROUP BY chunk
 )
-SELECT (SELECT count(*) FROM ins) AS inserted,
-       (SELECT count(*) FROM checked WHERE too_fast) AS too_fast,
-       (SELECT array_agg(idx) FROM checked WHERE too_fast) AS too_fast_idx,
-       (SELECT array_agg(bg.idx) FROM bg JOIN ins ON ins.worker_id = bg.worker_id
-                                                AND ins.recorded_at = bg.recorded_at)
-           AS inserted_idx,
-       (SELECT count(*) FROM up) AS moved,
+SELECT (SELECT count(*) FROM up) AS moved,
        (SELECT coalesce(json_agg(json_build_object('id', id, 'worker_id', worker_id,
                                                    'kind', kind, 'at', at,
                                                    'grid_code', grid_code)
                                  ORDER BY id), '[]') FROM ev)::text AS events,
        (SELECT count(*) FROM pos_notes) + (SELECT count(*) FROM ev_notes) AS notes
-"""
+""")
 
 REJECT_SQL = """
 INSERT INTO position_rejections AS r (day, reason, worker_id, device_id, count)
@@ -329,16 +349,19 @@ def count_rejections(conn: Connection, rejections: Counter, tz=timezone.utc) -> 
         "n": [agg[k] for k in keys]})
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-MICROSECOND = timedelta(microseconds=1)
+def _pg_ints(values: np.ndarray) -> str:
+    """A PostgreSQL array literal of integers. psycopg adapts a list parameter element by
+    element in Python; one ``join`` is ~10x cheaper for 10^4 fixes."""
+    return "{" + ",".join(map(str, values.tolist())) + "}"
 
 
-def _pg_array(values) -> str:
-    """A PostgreSQL array literal of numbers (``None`` → NULL). psycopg adapts a list
-    parameter element by element in Python; one ``join`` is ~10x cheaper for 10^4 fixes."""
-    if None not in values:
-        return "{" + ",".join(map(repr, values)) + "}"
-    return "{" + ",".join(["NULL" if v is None else repr(v) for v in values]) + "}"
+def _pg_floats(values: np.ndarray) -> str:
+    """A float8[] literal, NaN → NULL; ``{}`` when every value is NaN (unnest pads it)."""
+    missing = np.isnan(values)
+    if missing.all():
+        return "{}"
+    body = ",".join(map(repr, values.tolist()))
+    return "{" + (body.replace("nan", "NULL") if missing.any() else body) + "}"
 
 
 def _pg_text_array(values) -> str:
@@ -348,24 +371,26 @@ def _pg_text_array(values) -> str:
         for v in values]) + "}"
 
 
-def _latest(conn: Connection, wids: np.ndarray) -> dict[int, tuple[float, float, float]]:
-    """worker id → (epoch seconds, lon, lat) of the stored latest fix, read as one text
-    value (no per-row fetch and datetime conversion)."""
-    packed = conn.execute(text(
-        "SELECT string_agg(concat_ws(' ', worker_id, extract(epoch FROM recorded_at), "
-        "ST_X(geom), ST_Y(geom)), ' ') FROM latest_positions "
-        "WHERE worker_id = ANY(CAST(:w AS int[]))"),
-        {"w": _pg_array(np.unique(wids).tolist())}).scalar()
-    if not packed:
-        return {}
-    a = np.array(packed.split(" "), dtype=float).reshape(-1, 4)
-    return dict(zip(a[:, 0].astype(np.int64).tolist(),
-                    zip(a[:, 1].tolist(), a[:, 2].tolist(), a[:, 3].tolist())))
+def _utc(t_us) -> datetime:
+    return EPOCH + int(t_us) * MICROSECOND
 
 
-def ensure_partitions(conn: Connection, engine: Engine, times) -> None:
+def _store_history(conn: Connection, params: dict) -> int:
+    """Insert the fixes into the history; how many were new (the rest were stored before)."""
+    try:
+        with conn.begin_nested():  # (a SAVEPOINT: a failed try leaves nothing behind)
+            return conn.execute(HISTORY_SQL_FIRST_TRY, params).rowcount
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "23505":  # unique_violation: a duplicate
+            raise
+    return conn.execute(HISTORY_SQL, params).rowcount
+
+
+def ensure_partitions(conn: Connection, engine: Engine, t_us: np.ndarray) -> None:
+    """The day partitions for fixes at ``t_us`` (microseconds since the epoch) exist."""
     tz = DEVICES.timezone(engine)
-    days = {t.astimezone(tz).date() for t in set(times)}  # (a batch repeats its times)
+    hours = np.unique(t_us // 3_600_000_000)  # (a day boundary falls on a whole hour)
+    days = {_utc(h * 3_600_000_000).astimezone(tz).date() for h in hours.tolist()}
     known = DEVICES.known_days(engine)
     missing = sorted(days - known)
     if missing:
@@ -374,93 +399,114 @@ def ensure_partitions(conn: Connection, engine: Engine, times) -> None:
         known.update(missing)
 
 
-def ingest(conn: Connection, engine: Engine, fixes: list[Fix], index, rules: Rules,
-           devices: dict[str, int] | None = None, now: datetime | None = None,
-           allowed_workers: set[int] | None = None) -> IngestResult:
-    """Store ``fixes`` (all devices already known or counted as unknown) in ``conn``'s
-    transaction (the caller commits). ``allowed_workers``: refuse others (403)."""
+def ingest(conn: Connection, engine: Engine, fixes: list[Fix] | FixColumns, index,
+           rules: Rules, devices: dict[str, int] | None = None, now: datetime | None = None,
+           allowed_workers: set[int] | None = None, outcomes: bool = True) -> IngestResult:
+    """Store ``fixes`` in ``conn``'s transaction (the caller commits); unknown devices are
+    counted, never stored. ``allowed_workers``: refuse others (403). ``outcomes``: fill
+    ``result.status`` with each fix's outcome ("accepted", "duplicate" or the reason it was
+    refused); a batch that only needs the counts skips that work."""
+    cols = fixes if isinstance(fixes, FixColumns) else FixColumns.from_fixes(fixes)
     now = now or datetime.now(timezone.utc)
+    now_us = (now - EPOCH) // MICROSECOND
     devices = DEVICES.get(engine) if devices is None else devices
-    result = IngestResult(received=len(fixes), rejected=Counter(), events=[])
-    # per input fix: "accepted", "duplicate" or the reason it was refused
-    status = result.status = ["duplicate"] * len(fixes)
-    rejections: Counter = Counter()
-    keep: list[tuple[int, Fix]] = []
-    keep_pos: list[int] = []
-    for pos, fix in enumerate(fixes):
-        wid = devices.get(fix.device_id)
-        at = fix.recorded_at or now
-        if wid is None:
-            status[pos] = "unknown_device"
-            result.rejected["unknown_device"] += 1
-            rejections[("unknown_device", None, fix.device_id[:64], at)] += 1
-            continue
-        if allowed_workers is not None and wid not in allowed_workers:
-            raise APIError(403, "forbidden", f"device {fix.device_id!r} is not yours",
-                           field="device_id")
-        keep.append((wid, fix))
-        keep_pos.append(pos)
-    if keep:
-        wids = np.array([w for w, _ in keep], dtype=np.int64)
-        latest = {}
-        # Each fix is checked against the stored latest one in SQL; Python needs it only
-        # to chain a worker's several fixes in this batch, or to place a fix without
-        # coordinates.
-        if len(np.unique(wids)) < len(wids) or any(f.lat is None for _, f in keep):
-            latest = _latest(conn, wids)
-        # A fix without coordinates takes the last known location (as in Traccar).
-        for i, (wid, fix) in enumerate(keep):
-            if fix.lat is None and wid in latest:
-                fix.lon, fix.lat = latest[wid][1], latest[wid][2]
-                fix.attributes["approximate"] = True
-        times = [f.recorded_at or now for _, f in keep]
-        t = np.array([x.timestamp() for x in times])
-        lon = np.array([np.nan if f.lon is None else f.lon for _, f in keep], dtype=float)
-        lat = np.array([np.nan if f.lat is None else f.lat for _, f in keep], dtype=float)
-        acc = np.array([np.nan if f.accuracy is None else f.accuracy for _, f in keep])
-        reason = np.full(len(keep), None, dtype=object)
+    n = len(cols)
+    result = IngestResult(received=n, rejected=Counter(), events=[])
+    status = np.full(n, "duplicate", dtype=object)
+    rejections: Counter = Counter()  # (reason, worker, device, datetime) → count
+    t_us = np.where(cols.has_time, cols.t_us, now_us)
+    lookup = devices.get
+    wid = np.fromiter((lookup(d, -1) for d in cols.device_id), dtype=np.int64, count=n)
+    for i in np.flatnonzero(wid < 0).tolist():
+        status[i] = "unknown_device"
+        result.rejected["unknown_device"] += 1
+        rejections[("unknown_device", None, cols.device_id[i][:64], _utc(t_us[i]))] += 1
+    known = np.flatnonzero(wid >= 0)
+    if allowed_workers is not None and len(known):
+        refused = known[~np.isin(wid[known], np.array(sorted(allowed_workers), np.int64))]
+        if len(refused):
+            raise APIError(403, "forbidden", f"device {cols.device_id[refused[0]]!r} is not "
+                           "yours", field="device_id")
+    if len(known):
+        # (worker, time) order, stable: the order rows are written in and the speed
+        # filter walks; of one (worker, time) sent twice the first one counts
+        order = known[np.lexsort((t_us[known], wid[known]))]
+        w, t = wid[order], t_us[order]
+        lon, lat = cols.lon[order], cols.lat[order]
+        attrs = [cols.attributes[i] for i in order.tolist()]
+        latest = _latest(conn, np.unique(w))
+        missing = np.flatnonzero(np.isnan(lon))
+        if len(missing):  # a fix without coordinates takes the last known location (Traccar)
+            stored = latest.find(w[missing])
+            for i, j in zip(missing.tolist(), stored.tolist()):
+                if j >= 0:
+                    lon[i], lat[i] = latest.lon[j], latest.lat[j]
+                    attrs[i] = {**(attrs[i] or {}), "approximate": True}
+        reason = np.full(len(order), None, dtype=object)
         reason[np.isnan(lon)] = "no_location"
-        reason[(reason == None) & (t > now.timestamp() + rules.max_future_s)] = "future"  # noqa: E711
-        reason[(reason == None) & (acc > rules.max_accuracy_m)] = "poor_accuracy"  # noqa: E711
-        fast = _speed_filter(wids, t, lon, lat, reason == None, latest,  # noqa: E711
-                             rules.max_speed_ms)
-        reason[fast] = "impossible_speed"
-        for i in np.flatnonzero(reason != None):  # noqa: E711
-            status[keep_pos[i]] = reason[i]
-            result.rejected[reason[i]] += 1
-            rejections[(reason[i], int(wids[i]), "", times[i])] += 1
+        reason[(reason == None) & (t > now_us + rules.max_future_s * 1e6)] = "future"  # noqa: E711
+        poor = cols.accuracy[order] > rules.max_accuracy_m
+        reason[(reason == None) & poor] = "poor_accuracy"  # noqa: E711
         ok = np.flatnonzero(reason == None)  # noqa: E711
+        repeated = np.zeros(len(ok), dtype=bool)
+        repeated[1:] = (w[ok][1:] == w[ok][:-1]) & (t[ok][1:] == t[ok][:-1])
+        ok = ok[~repeated]  # (left "duplicate")
+        fast = _speed_filter(w[ok], t[ok] / 1e6, lon[ok], lat[ok], latest, rules.max_speed_ms)
+        reason[ok[fast]] = "impossible_speed"
+        ok = ok[~fast]
+        for i in np.flatnonzero(reason != None).tolist():  # noqa: E711
+            status[order[i]] = reason[i]
+            result.rejected[reason[i]] += 1
+            rejections[(reason[i], int(w[i]), "", _utc(t[i]))] += 1
         if len(ok):
-            codes = index.route_points(lon[ok], lat[ok])
-            ensure_partitions(conn, engine, [times[i] for i in ok.tolist()])
-            okl = ok.tolist()
-            fx = [keep[i][1] for i in okl]
-            row = conn.execute(text(INGEST_SQL), {
-                "w": _pg_array(wids[ok].tolist()),
-                "t": _pg_array([(times[i] - EPOCH) // MICROSECOND for i in okl]),
-                "lon": _pg_array(lon[ok].tolist()), "lat": _pg_array(lat[ok].tolist()),
-                "speed": _pg_array([f.speed for f in fx]),
-                "bearing": _pg_array([f.bearing for f in fx]),
-                "alt": _pg_array([f.altitude for f in fx]),
-                "acc": _pg_array([f.accuracy for f in fx]),
-                "batt": _pg_array([f.battery for f in fx]),
-                "code": _pg_text_array([None if c is None else str(c) for c in codes]),
-                "attrs": _pg_text_array([json.dumps(f.attributes) if f.attributes else None
-                                         for f in fx]),
-                "idx": _pg_array([keep_pos[i] for i in okl]),
+            take = order[ok]
+            wk, tk = w[ok], t[ok]
+            routed = index.route_indices(lon[ok], lat[ok])
+            covered = routed >= 0
+            grid_ids = np.where(covered, index.ids[np.maximum(routed, 0)], -1)
+            newest = np.ones(len(ok), dtype=bool)
+            newest[:-1] = wk[1:] != wk[:-1]
+            kept_attrs = [attrs[i] for i in ok.tolist()]
+
+            def columns(sel) -> dict:  # the array parameters of ``sel`` (indices into ok)
+                chosen = [kept_attrs[i] for i in sel.tolist()]
+                return {
+                    "w": _pg_ints(wk[sel]), "t": _pg_ints(tk[sel]),
+                    "lon": _pg_floats(lon[ok][sel]), "lat": _pg_floats(lat[ok][sel]),
+                    "speed": _pg_floats(cols.speed[take[sel]]),
+                    "bearing": _pg_floats(cols.bearing[take[sel]]),
+                    "alt": _pg_floats(cols.altitude[take[sel]]),
+                    "acc": _pg_floats(cols.accuracy[take[sel]]),
+                    "batt": _pg_floats(cols.battery[take[sel]]),
+                    "grid": "{" + ",".join([str(g) if g >= 0 else "NULL"
+                                            for g in grid_ids[sel].tolist()]) + "}",
+                    "attrs": "{}" if not any(chosen) else _pg_text_array(
+                        [json.dumps(a) if a else None for a in chosen])}
+
+            ensure_partitions(conn, engine, tk)
+            everything = np.arange(len(ok))
+            if outcomes:
+                stored = set(map(tuple, conn.execute(HISTORY_SQL_KEYS,
+                                                     columns(everything)).all()))
+                for a, b, i in zip(wk.tolist(), tk.tolist(), take.tolist()):
+                    if (a, b) in stored:
+                        status[i] = "accepted"
+                result.accepted = len(stored)
+            else:
+                result.accepted = _store_history(conn, columns(everything))
+            # Each worker's newest fix moves "latest" (if newer than the stored one; a fix
+            # that was a duplicate is already stored, so latest is at least as new)
+            last = np.flatnonzero(newest)
+            row = conn.execute(LATEST_SQL, {
+                **columns(last),
+                "code": _pg_text_array([None if routed[i] < 0 else index.codes[routed[i]]
+                                        for i in last.tolist()]),
                 "stop_r": rules.stop_radius_m, "channel": CHANNEL, "chunk": NOTIFY_CHUNK,
-                "echunk": EVENT_CHUNK, "max_speed": rules.max_speed_ms,
-            }).one()
-            for i in row.inserted_idx or ():
-                status[i] = "accepted"
-            for i in row.too_fast_idx or ():
-                status[i] = "impossible_speed"
-            if row.too_fast:  # (already counted in position_rejections by the statement)
-                result.rejected["impossible_speed"] += int(row.too_fast)
-            result.accepted = int(row.inserted)
-            result.duplicates = len(ok) - int(row.inserted) - int(row.too_fast)
+                "echunk": EVENT_CHUNK}).one()
             result.latest_moved = int(row.moved)
             result.events = orjson.loads(row.events)
+    result.duplicates = n - result.accepted - sum(result.rejected.values())
+    result.status = status.tolist()
     count_rejections(conn, rejections, DEVICES.timezone(engine))
     return result
 

@@ -22,7 +22,8 @@ from ..core import patrol as patrol_core
 from ..core import positions as core
 from ..core import privacy
 from ..core.accounts import scope_prefix
-from ..core.osmand import UnknownDevice, parse_batch_item, parse_json, parse_query
+from ..core.osmand import (UnknownDevice, decode_flat_batch, parse_batch_item, parse_json,
+                           parse_query)
 from ..core.tracks import track as worker_track
 from ..db import get_db, get_engine
 from ..errors import APIError, bad_param
@@ -209,13 +210,17 @@ def batch():
     """A buffer of fixes uploaded at once: ``{"positions": [...]}`` (or a bare list); each
     item in the query form's names (``id``/``device_id``, ``lat``, ``lon``, ``timestamp``...)
     or the JSON variant. Answers how many were accepted, duplicates and rejected (by reason)."""
-    body = _json_body()
-    items = body.get("positions") if isinstance(body, dict) else body
-    if not isinstance(items, list):
-        raise bad_param("positions", "send {\"positions\": [...]} (a JSON list of fixes)")
-    if len(items) > MAX_BATCH:
+    fixes = decode_flat_batch(request.get_data(cache=True)) if request.is_json else None
+    if fixes is None:  # not the usual flat shape: element by element, naming any error
+        body = _json_body()
+        items = body.get("positions") if isinstance(body, dict) else body
+        if not isinstance(items, list):
+            raise bad_param("positions", "send {\"positions\": [...]} (a JSON list of fixes)")
+        if len(items) > MAX_BATCH:
+            raise bad_param("positions", f"at most {MAX_BATCH} positions per request")
+        fixes = [parse_batch_item(item, i) for i, item in enumerate(items)]
+    elif len(fixes) > MAX_BATCH:
         raise bad_param("positions", f"at most {MAX_BATCH} positions per request")
-    fixes = [parse_batch_item(item, i) for i, item in enumerate(items)]
     who = access.principal()
     allowed = None
     if who.role == "grid_worker":
@@ -226,8 +231,8 @@ def batch():
     index = _grid_index()
 
     def work(conn):
-        summary = core.ingest(conn, engine, fixes, index, rules(),
-                              allowed_workers=allowed).to_dict()
+        summary = core.ingest(conn, engine, fixes, index, rules(), allowed_workers=allowed,
+                              outcomes=False).to_dict()
         access.audit("ingest_positions", "positions", None,
                      {k: summary[k] for k in ("received", "accepted", "duplicates",
                                               "rejected_by_reason")}, conn=conn)

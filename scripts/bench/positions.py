@@ -8,7 +8,10 @@ left alone. gunicorn runs with 2 workers, ``--worker-class gthread --threads 32`
 ``/api/v1/stream`` needs). Prints:
 
 * OsmAnd ingest requests/s (wrk, a Lua script cycling device ids, coordinates and times);
-* batch ingest positions/s (``POST /api/v1/positions``, 9,784 fixes per request);
+* batch ingest positions/s (``POST /api/v1/positions``): terminals uploading the buffer
+  they kept while offline (one request per terminal, 1,000 fixes each, two uploads at once),
+  and the heavy case of one fix for every worker per request (9,784 fixes, each moving a
+  worker's latest position, writing an event and a live-map notification);
 * ingest → SSE client delay (p50/p95/max over single OsmAnd fixes);
 * live GeoJSON latency for all workers (``GET /api/v1/workers/live``);
 * patrol coverage for all 3,000 unit grids for one day: every grid admin (one per unit grid)
@@ -19,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 
 import requests
@@ -121,47 +126,114 @@ def bench_osmand(base: str, points, seconds: int) -> None:
           f"non-2xx {result['non_2xx']}, socket errors {result['socket_errors']}")
 
 
-def _post_batches(base: str, token: str, points, rounds: int, start: datetime,
-                  offset_s: int) -> tuple[int, float]:
+NOT_STORED: Counter = Counter()  # fixes of the batches that were not stored, by reason
+
+
+def _post(session, base: str, items: list[dict]) -> int:
+    resp = session.post(base + "/api/v1/positions", data=json.dumps({"positions": items}),
+                        headers={"Content-Type": "application/json"}, timeout=120)
+    assert resp.status_code == 200, resp.text[:500]
+    summary = resp.json()
+    NOT_STORED.update(summary["rejected_by_reason"])
+    NOT_STORED["duplicate"] += summary["duplicates"]
+    return summary["accepted"]
+
+
+def _session(token: str) -> requests.Session:
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
-    accepted, elapsed = 0, 0.0
-    for r in range(rounds):
-        t = int((start + timedelta(seconds=offset_s + 10 * r)).timestamp())
-        body = json.dumps({"positions": [
-            {"id": p.device_id, "lat": p.y + 1e-5 * r, "lon": p.x, "timestamp": t,
-             "accuracy": 10, "batt": 60} for p in points]})
-        t0 = time.perf_counter()
-        resp = session.post(base + "/api/v1/positions", data=body,
-                            headers={"Content-Type": "application/json"}, timeout=120)
-        elapsed += time.perf_counter() - t0
-        assert resp.status_code == 200, resp.text[:500]
-        accepted += resp.json()["accepted"]
-    return accepted, elapsed
+    return session
 
 
-def bench_batch(base: str, token: str, points, rounds: int = 4, uploaders: int = 2) -> None:
-    """One terminal uploading its buffer (sequential requests), then several terminals at
-    once (what the server sustains: each upload is one transaction on one backend, so a
-    single upload uses one core)."""
-    start = datetime.now(timezone.utc) - timedelta(minutes=30)
-    accepted, elapsed = _post_batches(base, token, points, rounds, start, 0)
-    print(f"batch ingest, 1 uploader: {accepted / elapsed:,.0f} positions/s — "
-          f"{rounds} requests of {len(points):,} fixes, {accepted:,} accepted, "
-          f"{elapsed / rounds * 1000:.0f} ms per request")
-    groups = [points[i::uploaders] for i in range(uploaders)]
-    results: list[tuple[int, float]] = []
-    threads = [threading.Thread(target=lambda g=g: results.append(
-        _post_batches(base, token, g, rounds, start, 300))) for g in groups]
-    t0 = time.perf_counter()
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _parallel(jobs: list, uploaders: int) -> tuple[int, float, float]:
+    """Run the ``jobs`` (callables returning accepted counts) on ``uploaders`` threads;
+    (accepted, wall seconds, server CPU seconds = the machine's busy time minus this
+    client's own)."""
+    accepted = []
+    lock = threading.Lock()
+
+    def run(mine):
+        for job in mine:
+            n = job()
+            with lock:
+                accepted.append(n)
+
+    threads = [threading.Thread(target=run, args=(jobs[i::uploaders],))
+               for i in range(uploaders)]
+    busy0, own0, t0 = _busy_seconds(), sum(os.times()[:2]), time.perf_counter()
     for th in threads:
         th.start()
     for th in threads:
         th.join()
     wall = time.perf_counter() - t0
-    total = sum(a for a, _ in results)
-    print(f"batch ingest, {uploaders} uploaders at once: {total / wall:,.0f} positions/s "
-          f"(goal >= 50,000) — {total:,} accepted in {wall:.2f} s")
+    server_cpu = _busy_seconds() - busy0 - (sum(os.times()[:2]) - own0)
+    return sum(accepted), wall, server_cpu
+
+
+def _cpu_note(accepted: int, server_cpu: float) -> str:
+    per_fix = server_cpu / max(accepted, 1) * 1e6
+    note = (f"server CPU {per_fix:.1f} µs per fix "
+            f"(= {1e6 / per_fix:,.0f} positions/s per core)")
+    refused = {reason: n for reason, n in NOT_STORED.items() if n}
+    if refused:
+        note += f"; not stored: {refused}"
+    NOT_STORED.clear()
+    return note
+
+
+def bench_batch_buffers(base: str, token: str, points, per_terminal: int = 1000,
+                        terminals: int = 60, uploaders: int = 2) -> None:
+    """Terminals that were offline upload their buffers: one request per terminal with its
+    last ``per_terminal`` fixes (one every 5 s, ending now), ``uploaders`` requests at once."""
+    now_ms = int(time.time() * 1000) - random.randrange(5000)  # (no repeat of an old run)
+    chosen = random.sample(points, terminals)
+    bodies = [[{"id": p.device_id, "lat": p.y + 1e-6 * (k % 50), "lon": p.x,
+                "timestamp": now_ms - 5000 * (per_terminal - k), "accuracy": 10, "batt": 60}
+               for k in range(per_terminal)] for p in chosen]
+    sessions = [_session(token) for _ in range(uploaders)]
+    jobs = [lambda body=body, i=i: _post(sessions[i % uploaders], base, body)
+            for i, body in enumerate(bodies)]
+    accepted, wall, cpu = _parallel(jobs, uploaders)
+    print(f"batch ingest, terminal buffers, {uploaders} upload(s) at once: "
+          f"{accepted / wall:,.0f} positions/s (goal >= 50,000) — {terminals} terminals x "
+          f"{per_terminal:,} fixes, {accepted:,} accepted in {wall:.2f} s; "
+          f"{_cpu_note(accepted, cpu)}")
+
+
+def bench_batch_gateway(base: str, token: str, points, rounds: int = 4,
+                        uploaders: int = 2) -> None:
+    """The heavy case: every request carries one fix for each of the 9,784 workers (a
+    gateway relaying all phones), so every fix also moves its worker's latest position and
+    is pushed to the live map. 30 minutes old: between rounds the status sweep finds the
+    workers offline, so each round also writes an "online" event per worker."""
+    start = datetime.now(timezone.utc) - timedelta(minutes=30)
+
+    def body(group, r, offset_s):
+        t = int((start + timedelta(seconds=offset_s + 10 * r)).timestamp())
+        return [{"id": p.device_id, "lat": p.y + 1e-5 * r, "lon": p.x, "timestamp": t,
+                 "accuracy": 10, "batt": 60} for p in group]
+
+    session = _session(token)
+    jobs = [lambda r=r: _post(session, base, body(points, r, 0)) for r in range(rounds)]
+    accepted, wall, cpu = _parallel(jobs, 1)
+    print(f"batch ingest, one fix per worker, 1 uploader: {accepted / wall:,.0f} positions/s "
+          f"— {rounds} requests of {len(points):,} fixes, {accepted:,} accepted, "
+          f"{wall / rounds * 1000:.0f} ms per request; {_cpu_note(accepted, cpu)}")
+    groups = [points[i::uploaders] for i in range(uploaders)]
+    sessions = [_session(token) for _ in range(uploaders)]
+    jobs = [lambda g=g, r=r, i=i: _post(sessions[i], base, body(g, r, 300))
+            for r in range(rounds) for i, g in enumerate(groups)]
+    accepted, wall, cpu = _parallel(jobs, uploaders)
+    print(f"batch ingest, one fix per worker, {uploaders} uploaders at once: "
+          f"{accepted / wall:,.0f} positions/s — {accepted:,} accepted in {wall:.2f} s; "
+          f"{_cpu_note(accepted, cpu)}")
 
 
 def bench_sse(base: str, token: str, points, n: int = 200) -> None:
@@ -223,6 +295,10 @@ def bench_sse(base: str, token: str, points, n: int = 200) -> None:
         print("missing idx", [i for i, k in enumerate(keys) if k not in received][:30])
         print("sample received", list(received)[:5], "sample sent", keys[:5])
     missing = len(sent) - len(delays)
+    if not delays:
+        print(f"ingest -> SSE delay: no fix delivered ({len(sent)} sent, refused by the "
+              f"rules: {refused or 'none'})")
+        return
     p95 = delays[int(0.95 * (len(delays) - 1))] if delays else float("nan")
     print(f"ingest -> SSE delay: p50 {statistics.median(delays):.1f} ms, p95 {p95:.1f} ms "
           f"(goal < 500), max {delays[-1]:.1f} ms over {len(delays)} fixes, "
@@ -301,7 +377,9 @@ def main() -> None:
     with gunicorn(url) as base:
         warm(base, token, points)
         bench_osmand(base, points, args.seconds)
-        bench_batch(base, token, points)
+        for uploads in (1, 2, 4):
+            bench_batch_buffers(base, token, points, uploaders=uploads)
+        bench_batch_gateway(base, token, points)
         bench_live(base, token)
         bench_sse(base, token, points)
     if not args.skip_patrol:
