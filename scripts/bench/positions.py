@@ -214,9 +214,10 @@ def bench_batch_gateway(base: str, token: str, points, rounds: int = 4,
     is pushed to the live map. 30 minutes old: between rounds the status sweep finds the
     workers offline, so each round also writes an "online" event per worker."""
     start = datetime.now(timezone.utc) - timedelta(minutes=30)
+    jitter_ms = random.randrange(1000)  # (no repeat of an old run's times)
 
     def body(group, r, offset_s):
-        t = int((start + timedelta(seconds=offset_s + 10 * r)).timestamp())
+        t = int((start + timedelta(seconds=offset_s + 10 * r)).timestamp()) * 1000 + jitter_ms
         return [{"id": p.device_id, "lat": p.y + 1e-5 * r, "lon": p.x, "timestamp": t,
                  "accuracy": 10, "batt": 60} for p in group]
 
