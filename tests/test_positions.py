@@ -240,7 +240,10 @@ def test_geofence_exit_and_enter_events(app, engine, workers, client):
     assert client.get("/api/v1/events?kind=teleport").json["field"] == "kind"
 
 
-def test_offline_and_stopped_events_by_sweep(app, engine, workers):
+def test_offline_and_stopped_events_by_sweep(app, engine, workers, monkeypatch):
+    # (the app sweeps by itself at most every 15 s after an ingest: not during this test, so
+    # that the events below come from the sweeps the test runs)
+    monkeypatch.setattr(core.SWEEPER, "interval", 1e9)
     w1, w2 = workers.next(), workers.next()
     anon = app.test_client()
     osmand(anon, w1.device_id, w1.y, w1.x, now() - timedelta(minutes=20))

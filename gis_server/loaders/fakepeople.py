@@ -19,23 +19,31 @@ from __future__ import annotations
 
 import numpy as np
 
-# The ~60 most common surnames, weights roughly proportional to their frequency (percent).
-_SURNAMES = np.array(list(
-    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
-    "姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤"))
+# The most common surnames (a few compound ones), weights roughly proportional to their
+# frequency (percent); given-name characters that lean male or female.
+SURNAMES = np.array(
+    ["王", "李", "张", "刘", "陈", "杨", "赵", "黄", "周", "吴", "徐", "孙", "胡", "朱", "高",
+     "林", "何", "郭", "马", "罗", "梁", "宋", "郑", "谢", "韩", "唐", "冯", "于", "董", "萧",
+     "程", "曹", "袁", "邓", "许", "傅", "沈", "曾", "彭", "吕", "苏", "卢", "蒋", "蔡", "贾",
+     "丁", "魏", "薛", "叶", "阎", "余", "潘", "杜", "戴", "夏", "钟", "汪", "田", "任", "姜",
+     "范", "方", "石", "姚", "谭", "廖", "邹", "熊", "金", "陆", "郝", "孔", "白", "崔", "康",
+     "毛", "邱", "秦", "江", "史", "顾", "侯", "邵", "孟", "龙", "万", "段", "雷", "钱", "汤",
+     "欧阳", "司马", "诸葛", "上官"])
 _SURNAME_WEIGHTS = np.concatenate([
-    [7.1, 7.0, 6.7, 5.4, 4.5, 3.1, 2.2, 2.1, 2.0, 1.7, 1.7, 1.5, 1.3, 1.2, 1.1, 1.1, 1.0, 1.0,
-     0.9, 0.8, 0.8, 0.7, 0.7, 0.7, 0.6, 0.6, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5,
-     0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.3, 0.3, 0.3],
-    np.full(len(_SURNAMES) - 50, 0.2)])
-_SURNAME_P = _SURNAME_WEIGHTS / _SURNAME_WEIGHTS.sum()
+    [7.3, 7.0, 6.8, 5.4, 4.5, 3.1, 2.3, 2.2, 2.1, 2.0, 1.8, 1.5, 1.3, 1.3, 1.2],
+    np.linspace(1.1, 0.25, len(SURNAMES) - 15 - 4), [0.05, 0.02, 0.01, 0.01]])
+SURNAME_P = _SURNAME_WEIGHTS / _SURNAME_WEIGHTS.sum()
+MALE_CHARS = np.array(list(
+    "伟强磊军勇杰涛斌超明刚平辉鹏华飞鑫波宇浩凯健俊帆帅旭宁龙林洋峰建国志文海东亮晨博阳"
+    "子轩然睿泽宏毅兵彬鸣楠义卫成康星光天达安岩中茂进"))
+FEMALE_CHARS = np.array(list(
+    "芳娜敏静丽艳娟霞秀燕玲桂红英萍雪琳晶婷颖慧倩欣怡佳悦璐瑶雯蕾琪梦涵诗雨思月欢丹洁"
+    "兰凤琴素云莉美淑惠珍贞莹菲薇媛"))
 
-_GIVEN_MALE = np.array(list(
-    "伟强磊军勇杰涛斌超明刚平辉鹏华飞鑫波宇浩凯健俊帆帅旭宁龙林阳建国志文博海晨东亮峰浩然子轩"
-    "德成毅昊天皓睿泽宏彬诚锋"))
-_GIVEN_FEMALE = np.array(list(
-    "芳娜敏静丽艳娟霞燕玲桂英秀兰萍红梅琳雪颖倩婷洁慧琴云蓉晶欣怡佳悦瑶璐雯丹妍萱涵诗梦思雨"
-    "欢月莉菲嘉宁"))
+# real-looking mobile carrier prefixes
+PHONE_PREFIXES = np.array([130, 131, 132, 133, 134, 135, 136, 137, 138, 139, 150, 151, 152,
+                           153, 155, 156, 157, 158, 159, 166, 176, 177, 178, 180, 181, 182,
+                           183, 185, 186, 187, 188, 189, 198, 199])
 
 # Area codes (GB/T 2260, district level) of a few large cities, used as the "home" of people
 # registered elsewhere (floating population).
@@ -44,25 +52,20 @@ HOME_AREA_CODES = np.array([
     "330106", "340102", "350102", "360102", "370102", "410102", "420102", "430102", "440106",
     "450102", "500103", "510104", "520102", "530102", "610102", "620102"])
 
-_ID_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int64)
-_ID_CHECK = np.array(list("10X98765432"))
-
-_PHONE_PREFIXES = np.array([
-    "130", "131", "132", "133", "135", "136", "137", "138", "139", "150", "151", "152", "153",
-    "155", "156", "157", "158", "159", "166", "177", "180", "181", "182", "183", "185", "186",
-    "187", "188", "189", "191", "198", "199"])
+ID_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int64)
+ID_CHECK_CHARS = np.array(list("10X98765432"))
 
 
 def names(rng: np.random.Generator, genders: np.ndarray) -> np.ndarray:
     """One fake name per entry of ``genders`` (``"M"`` / ``"F"``), as an object array."""
     genders = np.asarray(genders)
     n = len(genders)
-    surname = _SURNAMES[rng.choice(len(_SURNAMES), size=n, p=_SURNAME_P)]
+    surname = SURNAMES[rng.choice(len(SURNAMES), size=n, p=SURNAME_P)]
     male = genders == "M"
-    first = np.where(male, _GIVEN_MALE[rng.integers(0, len(_GIVEN_MALE), n)],
-                     _GIVEN_FEMALE[rng.integers(0, len(_GIVEN_FEMALE), n)])
-    second = np.where(male, _GIVEN_MALE[rng.integers(0, len(_GIVEN_MALE), n)],
-                      _GIVEN_FEMALE[rng.integers(0, len(_GIVEN_FEMALE), n)])
+    first = np.where(male, MALE_CHARS[rng.integers(0, len(MALE_CHARS), n)],
+                     FEMALE_CHARS[rng.integers(0, len(FEMALE_CHARS), n)])
+    second = np.where(male, MALE_CHARS[rng.integers(0, len(MALE_CHARS), n)],
+                      FEMALE_CHARS[rng.integers(0, len(FEMALE_CHARS), n)])
     second = np.where(rng.random(n) < 0.25, "", second)
     return np.char.add(np.char.add(surname, first), second).astype(object)
 
@@ -75,7 +78,7 @@ def id_check_char(first17) -> np.ndarray:
     """GB 11643 check characters for an array of 17-digit strings."""
     arr = np.asarray(first17, dtype="U17")
     digits = arr.view("U1").reshape(len(arr), 17).astype(np.int64)
-    return _ID_CHECK[(digits @ _ID_WEIGHTS) % 11]
+    return ID_CHECK_CHARS[(digits @ ID_WEIGHTS) % 11]
 
 
 def group_rank(keys: np.ndarray) -> np.ndarray:
@@ -121,6 +124,6 @@ def is_valid_id_number(value: str) -> bool:
 
 def phones(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` fake 11-digit mobile numbers."""
-    prefix = _PHONE_PREFIXES[rng.integers(0, len(_PHONE_PREFIXES), n)]
+    prefix = PHONE_PREFIXES[rng.integers(0, len(PHONE_PREFIXES), n)].astype("U3")
     rest = np.char.zfill(rng.integers(0, 100_000_000, n).astype("U8"), 8)
     return np.char.add(prefix, rest).astype(object)

@@ -41,7 +41,8 @@ from pyproj import Transformer
 from .bulk import (BUILDING_COLUMNS, DEPARTMENT_COLUMNS, FACILITY_COLUMNS, GRID_COLUMNS,
                    HOUSEHOLD_COLUMNS, PERSON_COLUMNS, WORKER_COLUMNS, WORKER_GRID_COLUMNS,
                    CityData)
-from .fakepeople import group_rank
+from .fakepeople import (FEMALE_CHARS, ID_CHECK_CHARS, ID_WEIGHTS, MALE_CHARS,
+                         PHONE_PREFIXES, SURNAME_P, SURNAMES, group_rank)
 
 COUNTY_CODE = "110108"
 DISTRICT_NAME = "海淀区"
@@ -98,35 +99,11 @@ _COMMUNITY_SECOND = list("春榆园光新微泉竹林河芳府景湖秀馨源庭
 _COMMUNITY_SUFFIX = ["", "", "", "里", "园", "苑", "东里", "西里", "北里", "南里", "家园",
                      "新村"]
 
-SURNAMES = np.array(
-    ["王", "李", "张", "刘", "陈", "杨", "赵", "黄", "周", "吴", "徐", "孙", "胡", "朱", "高",
-     "林", "何", "郭", "马", "罗", "梁", "宋", "郑", "谢", "韩", "唐", "冯", "于", "董", "萧",
-     "程", "曹", "袁", "邓", "许", "傅", "沈", "曾", "彭", "吕", "苏", "卢", "蒋", "蔡", "贾",
-     "丁", "魏", "薛", "叶", "阎", "余", "潘", "杜", "戴", "夏", "钟", "汪", "田", "任", "姜",
-     "范", "方", "石", "姚", "谭", "廖", "邹", "熊", "金", "陆", "郝", "孔", "白", "崔", "康",
-     "毛", "邱", "秦", "江", "史", "顾", "侯", "邵", "孟", "龙", "万", "段", "雷", "钱", "汤",
-     "欧阳", "司马", "诸葛", "上官"])
-_SURNAME_W = np.concatenate([
-    [7.3, 7.0, 6.8, 5.4, 4.5, 3.1, 2.3, 2.2, 2.1, 2.0, 1.8, 1.5, 1.3, 1.3, 1.2],
-    np.linspace(1.1, 0.25, len(SURNAMES) - 15 - 4), [0.05, 0.02, 0.01, 0.01]])
-SURNAME_P = _SURNAME_W / _SURNAME_W.sum()
-MALE_CHARS = np.array(list(
-    "伟强磊军勇杰涛斌超明刚平辉鹏华飞鑫波宇浩凯健俊帆帅旭宁龙林洋峰建国志文海东亮晨博阳"
-    "子轩然睿泽宏毅兵彬鸣楠义卫成康星光天达安岩中茂进"))
-FEMALE_CHARS = np.array(list(
-    "芳娜敏静丽艳娟霞秀燕玲桂红英萍雪琳晶婷颖慧倩欣怡佳悦璐瑶雯蕾琪梦涵诗雨思月欢丹洁"
-    "兰凤琴素云莉美淑惠珍贞莹菲薇媛"))
-
-PHONE_PREFIXES = np.array([130, 131, 132, 133, 134, 135, 136, 137, 138, 139, 150, 151, 152,
-                           153, 155, 156, 157, 158, 159, 166, 176, 177, 178, 180, 181, 182,
-                           183, 185, 186, 187, 188, 189, 198, 199])
 BEIJING_REGIONS = np.array([110101, 110102, 110105, 110106, 110107, 110111, 110114, 110115])
 OTHER_REGIONS = np.array([
     130102, 130203, 130602, 131002, 120101, 140105, 150102, 210102, 220102, 230102, 320102,
     330106, 340104, 341202, 350102, 360102, 370102, 370202, 371302, 410105, 411302, 420106,
     430102, 440106, 500103, 510104, 610113, 620102])
-ID_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2])
-ID_CHECK_CHARS = np.array(list("10X98765432"))
 
 BUILDING_USES = np.array(["residential", "mixed", "commercial", "office", "public", "school"])
 BUILDING_USE_P = np.array([0.72, 0.07, 0.09, 0.05, 0.05, 0.02])
