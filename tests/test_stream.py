@@ -3,56 +3,23 @@ positions fanned out across processes via LISTEN/NOTIFY, filtered by each client
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 import requests
 from sqlalchemy import text
 
-from gis_server.serving import gunicorn_argv
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from gis_server.serving import gunicorn_process
 
 
 @pytest.fixture(scope="module")
 def gunicorn_server(database_url):
-    port = free_port()
-    env = dict(os.environ, DATABASE_URL=database_url, GIS_PUBLIC_RATE_LIMIT="100000/minute")
-    proc = subprocess.Popen(   # the production serving options, 2 worker processes
-        gunicorn_argv(f"127.0.0.1:{port}", 2, log_level="warning", access_log=False),
-        env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if requests.get(base + "/healthz", timeout=1).status_code < 500:
-                break
-        except requests.RequestException:
-            pass
-        if time.time() > deadline or proc.poll() is not None:
-            proc.kill()
-            pytest.fail("gunicorn did not start")
-        time.sleep(0.3)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    # the production serving options, 2 worker processes
+    with gunicorn_process(database_url, 2, {"GIS_PUBLIC_RATE_LIMIT": "100000/minute"},
+                          ready_within=60) as base:
+        yield base
 
 
 class SSEClient:
@@ -63,6 +30,7 @@ class SSEClient:
         assert self.response.headers["Content-Type"].startswith("text/event-stream")
         self.pid = self.response.headers["X-Server-Process"]
         self.events: list[tuple[str, object]] = []
+        self.closed_by: Exception | None = None  # how reading ended (the test closes it)
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -77,8 +45,8 @@ class SSEClient:
                 elif line == "" and event:
                     self.events.append((event, json.loads("\n".join(data))))
                     event, data = None, []
-        except Exception:
-            pass
+        except Exception as exc:  # closing the response ends the read loop this way
+            self.closed_by = exc
 
     def positions(self) -> dict[int, list]:
         out = {}

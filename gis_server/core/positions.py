@@ -460,8 +460,8 @@ def ingest(conn: Connection, engine: Engine, fixes: list[Fix] | FixColumns, inde
             rejections[(reason[i], int(w[i]), "", _utc(t[i]))] += 1
         if len(ok):
             take = order[ok]
-            wk, tk = w[ok], t[ok]
-            routed = index.route_indices(lon[ok], lat[ok])
+            wk, tk, lon_k, lat_k = w[ok], t[ok], lon[ok], lat[ok]
+            routed = index.route_indices(lon_k, lat_k)
             covered = routed >= 0
             grid_ids = np.where(covered, index.ids[np.maximum(routed, 0)], -1)
             newest = np.ones(len(ok), dtype=bool)
@@ -472,7 +472,7 @@ def ingest(conn: Connection, engine: Engine, fixes: list[Fix] | FixColumns, inde
                 chosen = [kept_attrs[i] for i in sel.tolist()]
                 return {
                     "w": _pg_ints(wk[sel]), "t": _pg_ints(tk[sel]),
-                    "lon": _pg_floats(lon[ok][sel]), "lat": _pg_floats(lat[ok][sel]),
+                    "lon": _pg_floats(lon_k[sel]), "lat": _pg_floats(lat_k[sel]),
                     "speed": _pg_floats(cols.speed[take[sel]]),
                     "bearing": _pg_floats(cols.bearing[take[sel]]),
                     "alt": _pg_floats(cols.altitude[take[sel]]),

@@ -3,12 +3,8 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gis_server.pgcluster import Cluster  # noqa: E402
-from gis_server.serving import gunicorn_argv  # noqa: E402
+from gis_server.serving import gunicorn_process  # noqa: E402
 
 
 def database_url(dbname: str | None) -> str:
@@ -29,46 +25,15 @@ def database_url(dbname: str | None) -> str:
     return default_url()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(base + "/healthz", timeout=1) as response:
-            return response.status < 500
-    except (OSError, urllib.error.HTTPError):
-        return False
-
-
 @contextmanager
 def gunicorn(url: str, workers: int = 2):
-    port = free_port()
-    env = dict(os.environ, DATABASE_URL=url)
     # The limiter still runs on every public request; the budget is raised so that one
     # benchmarking address is not throttled (which would measure 429s, not the route).
-    env.setdefault("GIS_PUBLIC_RATE_LIMIT", "1000000000/minute")
     # The same worker class and options as `gis-server serve` (production).
-    proc = subprocess.Popen(
-        gunicorn_argv(f"127.0.0.1:{port}", workers, log_level="warning", access_log=False),
-        env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        # Ready = /healthz answers (the app and its database are up), not just the socket.
-        deadline = time.time() + 90
-        while not _healthy(base):
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("gunicorn did not start")
-            time.sleep(0.3)
+    env = {"GIS_PUBLIC_RATE_LIMIT": os.environ.get("GIS_PUBLIC_RATE_LIMIT",
+                                                   "1000000000/minute")}
+    with gunicorn_process(url, workers, env) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def wrk(url: str, seconds: int = 10, connections: int = 16, threads: int = 1,
